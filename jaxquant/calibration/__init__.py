@@ -1,0 +1,1 @@
+"""Calibration: range selection for weights and observers for activation statistics."""

@@ -1,0 +1,62 @@
+"""Round-to-nearest quantization of one array to a QArray, and its inverse."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+from jaxquant.calibration.clipping import block_range
+from jaxquant.core import blocks
+from jaxquant.core.qarray import QArray, QMeta
+from jaxquant.core.scales import Scales, asymmetric_scales, encode_blocks, symmetric_scales
+from jaxquant.core.spec import ArraySpec
+from jaxquant.formats.packing import pack_nibbles
+from jaxquant.formats.registry import QuantFormat, get_format
+
+
+def scales_for_range(fmt: QuantFormat, spec: ArraySpec, lo: Array, hi: Array) -> Scales:
+    """Grid-shaped block range (lo, hi) -> Scales under `fmt` and `spec`."""
+    if fmt.asymmetric:
+        return asymmetric_scales(fmt, lo, hi, spec.scale_dtype)
+    amax = jnp.maximum(jnp.abs(lo), jnp.abs(hi))
+    return symmetric_scales(fmt, amax, spec.scale_dtype, spec.double_quant)
+
+
+def quantize_with_scales(x: Array, spec: ArraySpec, sc: Scales) -> QArray:
+    """Encode x (shape S, any float dtype) with given block scales into a QArray."""
+    fmt = get_format(spec.format)
+    codes = encode_blocks(blocks.to_blocks(x.astype(jnp.float32), spec.block_shape), fmt, sc)
+    codes = codes.reshape(x.shape)
+    qvalue = pack_nibbles(codes, spec.axis) if fmt.codec.packed else codes
+    meta = QMeta(
+        format=spec.format,
+        shape=tuple(x.shape),
+        dtype=jnp.dtype(x.dtype).name,
+        block_shape=spec.block_shape,
+        axis=spec.axis % max(x.ndim, 1),
+        granularity=spec.granularity,
+    )
+    return QArray(qvalue, sc.stored, sc.zero_point, meta)
+
+
+@functools.partial(jax.jit, static_argnames="spec")
+def quantize_array(x: Array, spec: ArraySpec) -> QArray:
+    """Round-to-nearest quantization of a finite float array x of shape S under `spec`.
+
+    The block range comes from spec.clipping (min-max, percentile or MSE search); scales are
+    computed per block and rounded to their storage dtype before encoding, so that dequantize
+    reproduces exactly the grid the codes were chosen on.
+    """
+    fmt = get_format(spec.format)
+    xb = blocks.to_blocks(x.astype(jnp.float32), spec.block_shape)
+    scales_fn = functools.partial(scales_for_range, fmt, spec)
+    lo, hi = block_range(xb, fmt, spec.clipping, scales_fn)
+    return quantize_with_scales(x, spec, scales_fn(lo, hi))
+
+
+def fake_quantize(x: Array, spec: ArraySpec) -> Array:
+    """dequantize(quantize(x)): x rounded onto the format's grid, same shape and dtype."""
+    return quantize_array(x, spec).dequantize(x.dtype)
