@@ -11,7 +11,8 @@ Invariants (S = logical shape, B = meta.block_shape, G = S / B elementwise, the 
   zero_point  uint8 of grid shape G for asymmetric formats, else None.
   offset      f32 scalar added after scaling, else None. Only NF4 double quantization uses it:
               the nested scale QArray stores block absmax values minus their mean (as bitsandbytes).
-  meta        static: format name, S, logical dtype, B, axis, granularity, layout.
+  meta        static: format name, S, logical dtype, B, axis, granularity, layout, and the
+              activation scheme the layer's inputs get at inference (None: weight-only).
 Element (i0, i1, ...) dequantizes to (decode(code) - zero_point[g]) * scale[g] (+ offset) with
 g = (i0 // B[0], i1 // B[1], ...). Works under jit, vmap (stack QArrays of equal meta),
 device_put and shardings: only qvalue, scale, zero_point and offset are leaves.
@@ -29,6 +30,7 @@ import numpy as np
 from jax import Array
 
 from jaxquant.core import blocks
+from jaxquant.core.spec import ActivationSpec
 from jaxquant.formats.floating import e8m0_decode
 from jaxquant.formats.packing import unpack_nibbles
 from jaxquant.formats.registry import get_format
@@ -45,6 +47,7 @@ class QMeta:
     axis: int
     granularity: str = "channel"
     layout: str = "canonical"
+    activation: ActivationSpec | None = None
 
     @property
     def grid(self) -> tuple[int, ...]:

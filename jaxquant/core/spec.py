@@ -44,3 +44,18 @@ class ArraySpec:
     scale_dtype: str = "float32"
     clipping: Clipping = Clipping()
     double_quant: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class ActivationSpec:
+    """How a layer's input activations are quantized at inference.
+
+    format:      "int8", "fp8_e4m3", "fp8_e5m2" or "int4".
+    granularity: "token" (one scale per row of the last axis) or "tensor".
+    dynamic:     scales computed from each batch at run time; else static scales calibrated once.
+    """
+
+    format: str
+    granularity: Literal["token", "tensor"] = "token"
+    dynamic: bool = True
+    clipping: Clipping = Clipping()

@@ -1,0 +1,49 @@
+"""Named recipes, called like llm-compressor's schemes."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from jaxquant.errors import RecipeError
+from jaxquant.recipes.recipe import DEFAULT_TARGETS, Recipe, Rule
+from jaxquant.recipes.schemes import WeightScheme, activation_scheme
+
+
+def _weight_only(name: str, weight: WeightScheme) -> Recipe:
+    return Recipe((Rule(DEFAULT_TARGETS, weight),), name=name)
+
+
+def _w8a8(name: str, weight: WeightScheme, act_format: str) -> Recipe:
+    act = activation_scheme(act_format, "token", dynamic=True)
+    return Recipe((Rule(DEFAULT_TARGETS, weight, activation=act),), name=name)
+
+
+_PRESETS: dict[str, Callable[[], Recipe]] = {
+    "w8a16": lambda: _weight_only("w8a16", WeightScheme("int8", "channel")),
+    "w4a16": lambda: _weight_only(
+        "w4a16", WeightScheme("int4", "group", group_size=128, scale_dtype="bfloat16")
+    ),
+    "w4a16-asym": lambda: _weight_only(
+        "w4a16-asym", WeightScheme("uint4", "group", group_size=128, scale_dtype="bfloat16")
+    ),
+    "nf4": lambda: _weight_only("nf4", WeightScheme("nf4", "group", 64, double_quant=True)),
+    "fp8": lambda: _w8a8("fp8", WeightScheme("fp8_e4m3", "channel"), "fp8_e4m3"),
+    "w8a8-int8": lambda: _w8a8("w8a8-int8", WeightScheme("int8", "channel"), "int8"),
+    "mxfp4": lambda: _weight_only("mxfp4", WeightScheme("mxfp4")),
+    "mxfp8": lambda: _weight_only("mxfp8", WeightScheme("mxfp8")),
+    "nvfp4": lambda: _weight_only("nvfp4", WeightScheme("nvfp4")),
+}
+
+
+def preset_names() -> list[str]:
+    return list(_PRESETS)
+
+
+def get_preset(name: str) -> Recipe:
+    """A fresh preset Recipe; unknown names raise RecipeError listing the presets."""
+    try:
+        return _PRESETS[name.lower()]()
+    except KeyError:
+        raise RecipeError(
+            f"unknown preset {name!r}; presets: {', '.join(_PRESETS)} (or pass a recipe file path)"
+        ) from None

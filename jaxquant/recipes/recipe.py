@@ -1,0 +1,99 @@
+"""Recipes: ordered rules mapping parameter paths (or module classes) to schemes and methods."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Mapping
+
+from jaxquant.core.spec import ActivationSpec
+from jaxquant.errors import RecipeError
+from jaxquant.recipes.schemes import WeightScheme
+
+METHODS = ("rtn",)
+
+# The sensitivity ladder: the output head, embeddings, norms and biases stay in full precision
+# unless a recipe replaces this list.
+DEFAULT_IGNORE: tuple[str, ...] = (
+    r"re:(^|/)(lm_head|head|output|classifier|logits)(/|$)",
+    r"re:(^|/)[^/]*(embed|wte|wpe)[^/]*(/|$)",
+    r"re:(^|/)[^/]*norm[^/]*(/|$)",
+    r"re:(^|/)bias$",
+)
+DEFAULT_TARGETS: tuple[str, ...] = (r"re:(^|/)kernel$",)
+
+_CLASS_NAME = re.compile(r"^[A-Z][A-Za-z0-9_]*$")
+
+
+def target_matches(target: str, path: str, module_type: str | None) -> bool:
+    """A target is a module class name (e.g. "Dense", "Linear": matched against the type of the
+    module owning the parameter), "re:<regex>", or a bare regex; regexes use re.search on the
+    '/'-joined parameter path."""
+    if target.startswith("re:"):
+        return re.search(target[3:], path) is not None
+    if _CLASS_NAME.match(target):
+        return module_type == target
+    return re.search(target, path) is not None
+
+
+def _check_patterns(patterns: tuple[str, ...], where: str) -> None:
+    for p in patterns:
+        if not isinstance(p, str):
+            raise RecipeError(f"{where}: {p!r} is not a string")
+        try:
+            re.compile(p[3:] if p.startswith("re:") else p)
+        except re.error as e:
+            raise RecipeError(f"{where}: invalid regex {p!r}: {e}") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """targets/ignore select parameters; weight (and optional activation) say how; method says
+    which algorithm picks the quantized values ("rtn": round to nearest)."""
+
+    targets: tuple[str, ...]
+    weight: WeightScheme
+    ignore: tuple[str, ...] = ()
+    activation: ActivationSpec | None = None
+    method: str = "rtn"
+    method_args: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "targets", tuple(self.targets))
+        object.__setattr__(self, "ignore", tuple(self.ignore))
+        if not self.targets:
+            raise RecipeError("rule.targets is empty; give at least one regex or class name")
+        _check_patterns(self.targets, "rule.targets")
+        _check_patterns(self.ignore, "rule.ignore")
+        if self.method not in METHODS:
+            raise RecipeError(f"unknown method {self.method!r}; available: {', '.join(METHODS)}")
+
+    def matches(self, path: str, module_type: str | None = None) -> bool:
+        return any(target_matches(t, path, module_type) for t in self.targets) and not any(
+            target_matches(t, path, module_type) for t in self.ignore
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """An ordered list of rules (the first matching rule wins) plus a recipe-wide ignore list."""
+
+    rules: tuple[Rule, ...]
+    ignore: tuple[str, ...] = DEFAULT_IGNORE
+    name: str = "custom"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "rules", tuple(self.rules))
+        object.__setattr__(self, "ignore", tuple(self.ignore))
+        if not self.rules:
+            raise RecipeError("recipe has no rules")
+        _check_patterns(self.ignore, "recipe.ignore")
+
+    def rule_for(self, path: str, module_type: str | None = None) -> tuple[int, Rule] | None:
+        """(index, rule) of the first rule that quantizes `path`, or None to keep it in float."""
+        if any(target_matches(t, path, module_type) for t in self.ignore):
+            return None
+        for i, rule in enumerate(self.rules):
+            if rule.matches(path, module_type):
+                return i, rule
+        return None
