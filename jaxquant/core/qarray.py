@@ -9,13 +9,15 @@ Invariants (S = logical shape, B = meta.block_shape, G = S / B elementwise, the 
               under an f32 tensor scale; NF4 double quantization, where the nested QArray holds
               the flattened grid padded to a multiple of its block).
   zero_point  uint8 of grid shape G for asymmetric formats, else None.
+  input_scale f32 static scale of the layer's input activations (calibrated), else None; the
+              activation scheme is meta.activation.
   offset      f32 scalar added after scaling, else None. Only NF4 double quantization uses it:
               the nested scale QArray stores block absmax values minus their mean (as bitsandbytes).
   meta        static: format name, S, logical dtype, B, axis, granularity, layout, and the
               activation scheme the layer's inputs get at inference (None: weight-only).
 Element (i0, i1, ...) dequantizes to (decode(code) - zero_point[g]) * scale[g] (+ offset) with
 g = (i0 // B[0], i1 // B[1], ...). Works under jit, vmap (stack QArrays of equal meta),
-device_put and shardings: only qvalue, scale, zero_point and offset are leaves.
+device_put and shardings: only the array fields are leaves.
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ class QArray:
     zero_point: Array | None
     meta: QMeta = dataclasses.field(metadata=dict(static=True))
     offset: Array | None = None
+    input_scale: Array | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -96,7 +99,7 @@ class QArray:
     @property
     def nbytes(self) -> int:
         """Real storage in bytes: codes + scales (recursively) + zero-points."""
-        parts = (self.qvalue, self.scale, self.zero_point, self.offset)
+        parts = (self.qvalue, self.scale, self.zero_point, self.offset, self.input_scale)
         return sum(_nbytes(p) for p in parts)
 
     @property
