@@ -16,6 +16,7 @@ from jaxquant.errors import (
     RecipeError,
 )
 from jaxquant.formats import format_names, get_format
+from jaxquant.inference import intercept, quantized_dot_general
 from jaxquant.module_types import linen_module_types, nnx_module_types
 from jaxquant.recipes import (
     Recipe,
@@ -53,6 +54,7 @@ __all__ = [
     "format_names",
     "get_format",
     "get_preset",
+    "intercept",
     "is_qarray",
     "linen_module_types",
     "load_recipe",
@@ -60,6 +62,7 @@ __all__ = [
     "preset_names",
     "quantize",
     "quantize_array",
+    "quantized_dot_general",
     "save_recipe",
     "summary",
 ]
