@@ -29,11 +29,14 @@ class DispatchReport:
 class DispatchSettings:
     """backend: "auto" (Pallas kernels on GPU where they apply, else XLA), "xla" (never Pallas),
     "pallas" (Pallas kernels, interpret mode off-GPU; error where none applies).
-    allow_low_precision: run W8A8 schemes as int8/fp8 dots (False: dequantize the weight)."""
+    allow_low_precision: run W8A8 schemes as int8/fp8 dots (False: dequantize the weight).
+    observer: while calibrating static activation scales, a dict id(weight QArray) -> observer
+    state that quantized dots update with their inputs (eager execution only)."""
 
     backend: Backend = "auto"
     allow_low_precision: bool = True
     report: DispatchReport | None = None
+    observer: dict | None = None
 
 
 _SETTINGS: contextvars.ContextVar[DispatchSettings] = contextvars.ContextVar(
@@ -54,9 +57,19 @@ def settings(
     if backend not in ("auto", "xla", "pallas"):
         raise ValueError(f"backend={backend!r}; use 'auto', 'xla' or 'pallas'")
     rep = DispatchReport() if report else None
-    token = _SETTINGS.set(DispatchSettings(backend, allow_low_precision, rep))
+    token = _SETTINGS.set(DispatchSettings(backend, allow_low_precision, rep, current().observer))
     try:
         yield rep
+    finally:
+        _SETTINGS.reset(token)
+
+
+@contextlib.contextmanager
+def observing(states: dict) -> Iterator[dict]:
+    """Collect activation statistics of static-scheme layers into `states` (see observer)."""
+    token = _SETTINGS.set(dataclasses.replace(current(), observer=states))
+    try:
+        yield states
     finally:
         _SETTINGS.reset(token)
 

@@ -60,6 +60,12 @@ def quantized_dot_general(
         return lax.dot_general(x, w, dimension_numbers, precision=precision).astype(out_dtype)
     (xc, wc), (xb, wb) = dimension_numbers
     dims = ((_norm(xc, x.ndim), _norm(wc, w.ndim)), (_norm(xb, x.ndim), _norm(wb, w.ndim)))
+    observer = dispatch.current().observer
+    if observer is not None and w.meta.activation is not None and not w.meta.activation.dynamic:
+        from jaxquant.calibration.observers import HistogramObserver
+
+        state = observer.get(id(w)) or HistogramObserver.init()
+        observer[id(w)] = HistogramObserver.update(state, x)
     if w.meta.activation is not None and dispatch.current().allow_low_precision:
         dispatch.record(name, w, f"w8a8-{w.meta.activation.format}")
         return _low_precision_dot(x, w, dims, out_dtype)
