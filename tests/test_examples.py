@@ -1,0 +1,35 @@
+"""Every example script runs to completion at a small size."""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
+
+# script -> arguments that keep it small for CI
+SMALL_ARGS: dict[str, list[str]] = {
+    "quantize_linen_mlp.py": ["--width", "256"],
+    "quantize_nnx_model.py": ["--width", "128"],
+    "recipe_from_file.py": ["--width", "128"],
+    "static_activation_scales.py": [],
+}
+
+
+def test_every_example_is_listed():
+    assert {p.name for p in EXAMPLES.glob("*.py")} == set(SMALL_ARGS)
+
+
+@pytest.mark.parametrize("script", sorted(SMALL_ARGS))
+def test_example_runs(script, tmp_path):
+    args = list(SMALL_ARGS[script])
+    if script == "recipe_from_file.py":
+        args += ["--out", str(tmp_path / "ckpt")]
+    proc = subprocess.run(
+        [sys.executable, str(EXAMPLES / script), *args],
+        capture_output=True, text=True, timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
