@@ -1,0 +1,1 @@
+"""PTQ methods as pure array functions (GPTQ, AWQ, SmoothQuant) and their glue."""
