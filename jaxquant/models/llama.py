@@ -20,12 +20,15 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
+from jaxquant.errors import JaxquantError
 from jaxquant.models import kv_cache
 from jaxquant.models.kv_cache import KVCache
 
 
 @dataclasses.dataclass(frozen=True)
 class LlamaConfig:
+    """Hyperparameters of a Llama-family decoder; `dtype` is the compute dtype (params stay f32)."""
+
     vocab_size: int
     d_model: int
     n_layers: int
@@ -41,13 +44,15 @@ class LlamaConfig:
 
     def __post_init__(self) -> None:
         if self.n_heads % self.n_kv_heads:
-            raise ValueError(f"n_heads={self.n_heads} must be a multiple of "
+            raise JaxquantError(f"n_heads={self.n_heads} must be a multiple of "
                              f"n_kv_heads={self.n_kv_heads}")
         if self.head_dim % 2:
-            raise ValueError(f"head_dim={self.head_dim} must be even for RoPE")
+            raise JaxquantError(f"head_dim={self.head_dim} must be even for RoPE")
 
 
 class RMSNorm(nn.Module):
+    """x * rsqrt(mean(x^2) + eps) * scale, computed in float32; x [..., d]."""
+
     eps: float
 
     @nn.compact
@@ -59,7 +64,7 @@ class RMSNorm(nn.Module):
 
 
 def rope(x: Array, positions: Array, theta: float) -> Array:
-    """Rotate-half RoPE. x [B, T, H, D], positions int [B, T]."""
+    """HF rotate-half RoPE: x [B, T, H, D], positions int [B, T] -> [B, T, H, D] in x.dtype."""
     d = x.shape[-1]
     inv_freq = 1.0 / (theta ** (jnp.arange(0, d, 2, dtype=jnp.float32) / d))
     angles = positions[..., None].astype(jnp.float32) * inv_freq  # [B, T, D/2]
@@ -71,10 +76,13 @@ def rope(x: Array, positions: Array, theta: float) -> Array:
 
 
 class Attention(nn.Module):
+    """Grouped-query causal self-attention; x [B, T, d] -> ([B, T, d], cache)."""
+
     cfg: LlamaConfig
+    layer: int
 
     @nn.compact
-    def __call__(self, x: Array, positions: Array, cache: KVCache | None, layer: int):
+    def __call__(self, x: Array, positions: Array, cache: KVCache | None):
         c = self.cfg
         b, t, _ = x.shape
         dense = lambda n, name: nn.Dense(n, use_bias=False, dtype=c.dtype, name=name)  # noqa: E731
@@ -82,19 +90,19 @@ class Attention(nn.Module):
         k = dense(c.n_kv_heads * c.head_dim, "k_proj")(x).reshape(b, t, c.n_kv_heads, c.head_dim)
         v = dense(c.n_kv_heads * c.head_dim, "v_proj")(x).reshape(b, t, c.n_kv_heads, c.head_dim)
         q, k = rope(q, positions, c.rope_theta), rope(k, positions, c.rope_theta)
+        # Causality is by slot: query i (slot start + i) sees keys in slots <= start + i.
         if cache is not None:
-            cache = kv_cache.write(cache, layer, k, v)
-            k, v = kv_cache.read(cache, layer, c.dtype)
-            key_pos = jnp.arange(cache.max_len)[None, :]
-            valid = key_pos < cache.length + t
-            mask = (key_pos[None] <= positions[:, :, None]) & valid[:, None, :]
+            cache = kv_cache.write(cache, self.layer, k, v)
+            k, v = kv_cache.read(cache, self.layer, c.dtype)
+            q_slot = cache.length + jnp.arange(t, dtype=jnp.int32)
         else:
-            mask = positions[:, None, :] <= positions[:, :, None]  # [B, Tq, Tk]
+            q_slot = jnp.arange(t, dtype=jnp.int32)
+        mask = jnp.arange(k.shape[1], dtype=jnp.int32)[None, :] <= q_slot[:, None]  # [T, S]
         group = c.n_heads // c.n_kv_heads
         qg = q.reshape(b, t, c.n_kv_heads, group, c.head_dim).astype(jnp.float32)
         scores = jnp.einsum("btkgd,bskd->bkgts", qg, k.astype(jnp.float32))
-        scores = scores / jnp.sqrt(jnp.float32(c.head_dim))
-        scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
+        scores = scores * (1.0 / float(c.head_dim) ** 0.5)
+        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
         probs = jax.nn.softmax(scores, axis=-1)
         out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(jnp.float32))
         out = out.reshape(b, t, c.n_heads * c.head_dim).astype(c.dtype)
@@ -102,6 +110,8 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
+    """SwiGLU: down(silu(gate(x)) * up(x)); x [B, T, d] -> [B, T, d]."""
+
     cfg: LlamaConfig
 
     @nn.compact
@@ -113,13 +123,15 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then + mlp(norm(x))."""
+
     cfg: LlamaConfig
     layer: int
 
     @nn.compact
     def __call__(self, x: Array, positions: Array, cache: KVCache | None):
-        h, cache = Attention(self.cfg, name="attn")(
-            RMSNorm(self.cfg.rms_eps, name="input_norm")(x), positions, cache, self.layer
+        h, cache = Attention(self.cfg, self.layer, name="attn")(
+            RMSNorm(self.cfg.rms_eps, name="input_norm")(x), positions, cache
         )
         x = x + h
         x = x + MLP(self.cfg, name="mlp")(RMSNorm(self.cfg.rms_eps, name="post_attn_norm")(x))
@@ -129,7 +141,9 @@ class DecoderLayer(nn.Module):
 class Llama(nn.Module):
     """tokens int32 [B, T] -> (logits f32 [B, T, vocab], updated cache or None).
 
-    positions default to arange(T) (offset by cache.length when a cache is given).
+    positions (int32 [B, T], RoPE only) default to arange(T), offset by cache.length when a
+    cache is given. With a cache, the T new keys/values are written at slots
+    [length, length + T) and the returned cache has length + T.
     """
 
     cfg: LlamaConfig
@@ -139,6 +153,8 @@ class Llama(nn.Module):
                  cache: KVCache | None = None):
         c = self.cfg
         b, t = tokens.shape
+        if cache is not None:
+            kv_cache.check_capacity(cache, t)
         if positions is None:
             start = cache.length if cache is not None else 0
             positions = jnp.broadcast_to(start + jnp.arange(t, dtype=jnp.int32), (b, t))
@@ -156,6 +172,5 @@ class Llama(nn.Module):
         return logits.astype(jnp.float32), cache
 
     def init_cache(self, batch: int, max_len: int, dtype: Any = None) -> KVCache:
-        c = self.cfg
-        return kv_cache.init_cache(c.n_layers, batch, max_len, c.n_kv_heads, c.head_dim,
-                                   dtype or c.dtype)
+        """An empty KVCache for this model (see jaxquant.models.kv_cache.init_cache)."""
+        return kv_cache.init_cache(self.cfg, batch, max_len, dtype)
