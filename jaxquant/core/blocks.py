@@ -1,9 +1,10 @@
 """Views of an array as a grid of blocks.
 
-A block shape B (same rank as the array shape S, with B[i] dividing S[i]) tiles the array into
-S[i] / B[i] blocks along each axis. The "blocked" view has shape
-(S[0]/B[0], B[0], S[1]/B[1], B[1], ...): even positions index blocks, odd positions index
-elements inside a block. Per-tensor, per-channel, per-group, 2-D block and per-token
+A block shape B (same rank as the array shape S) tiles the array into G[i] = ceil(S[i] / B[i])
+blocks along each axis; where B[i] does not divide S[i] the last block is ragged (the blocked
+view pads it with zeros, which never change a block's absmax). The "blocked" view has shape
+(G[0], B[0], G[1], B[1], ...): even positions index blocks, odd positions index elements inside
+a block. Per-tensor, per-channel, per-group, 2-D block and per-token
 granularities are all block shapes.
 """
 
@@ -11,19 +12,24 @@ from __future__ import annotations
 
 import math
 
+import jax
 import jax.numpy as jnp
 from jax import Array
 
 
 def grid_shape(shape: tuple[int, ...], block: tuple[int, ...]) -> tuple[int, ...]:
     """Number of blocks along each axis (the shape of the scale array)."""
-    return tuple(s // b for s, b in zip(shape, block))
+    return tuple(-(-s // b) for s, b in zip(shape, block))
+
+
+def padded_shape(shape: tuple[int, ...], block: tuple[int, ...]) -> tuple[int, ...]:
+    return tuple(g * b for g, b in zip(grid_shape(shape, block), block))
 
 
 def blocked_shape(shape: tuple[int, ...], block: tuple[int, ...]) -> tuple[int, ...]:
     out: list[int] = []
-    for s, b in zip(shape, block):
-        out += [s // b, b]
+    for g, b in zip(grid_shape(shape, block), block):
+        out += [g, b]
     return tuple(out)
 
 
@@ -33,7 +39,30 @@ def inner_axes(ndim: int) -> tuple[int, ...]:
 
 
 def to_blocks(x: Array, block: tuple[int, ...]) -> Array:
+    """x of shape S -> blocked view (zero-padded where a last block is ragged)."""
+    pad = [(0, p - s) for s, p in zip(x.shape, padded_shape(x.shape, block))]
+    if any(hi for _, hi in pad):
+        x = jnp.pad(x, pad)
     return x.reshape(blocked_shape(x.shape, block))
+
+
+def from_blocks(xb: Array, shape: tuple[int, ...]) -> Array:
+    """Blocked view -> array of logical shape S (padding dropped)."""
+    nd = len(shape)
+    full = xb.reshape(tuple(xb.shape[2 * i] * xb.shape[2 * i + 1] for i in range(nd)))
+    if full.shape != tuple(shape):
+        full = full[tuple(slice(0, s) for s in shape)]
+    return full
+
+
+def repeat_blocks(values: Array, block: tuple[int, ...], shape: tuple[int, ...],
+                  axes: tuple[int, ...]) -> Array:
+    """Per-block values (grid shape) -> per-element along `axes` (sized as `shape` there)."""
+    for ax in axes:
+        if block[ax] > 1:
+            values = jnp.repeat(values, block[ax], axis=ax)
+            values = jax.lax.slice_in_dim(values, 0, shape[ax], axis=ax)
+    return values
 
 
 def expand(values: Array) -> Array:

@@ -1,6 +1,7 @@
 """QArray: a quantized array as a JAX pytree.
 
-Invariants (S = logical shape, B = meta.block_shape, G = S / B elementwise, the scale grid):
+Invariants (S = logical shape, B = meta.block_shape, G = ceil(S / B) elementwise, the scale
+grid; a last block that B does not fill is ragged):
   qvalue      codes in the format's storage dtype. 4-bit (and 3/2-bit) codes are uint8 nibbles
               packed two per byte along meta.axis: shape S with S[axis] -> ceil(S[axis] / 2).
               Other formats: shape S (int8, uint8, float8_*).
@@ -135,7 +136,7 @@ class QArray:
         values = blocks.to_blocks(fmt.codec.decode(self.codes()), self.meta.block_shape)
         if self.zero_point is not None:
             values = values - blocks.expand(self.zero_point.astype(jnp.float32))
-        out = (values * blocks.expand(self.block_scale())).reshape(self.meta.shape)
+        out = blocks.from_blocks(values * blocks.expand(self.block_scale()), self.meta.shape)
         if self.offset is not None:
             out = out + self.offset.astype(jnp.float32)
         return out.astype(dtype or self.meta.dtype)

@@ -29,7 +29,7 @@ def quantize_with_scales(x: Array, spec: ArraySpec, sc: Scales) -> QArray:
     """Encode x (shape S, any float dtype) with given block scales into a QArray."""
     fmt = get_format(spec.format)
     codes = encode_blocks(blocks.to_blocks(x.astype(jnp.float32), spec.block_shape), fmt, sc)
-    codes = codes.reshape(x.shape)
+    codes = blocks.from_blocks(codes, x.shape)
     qvalue = pack_nibbles(codes, spec.axis) if fmt.codec.packed else codes
     meta = QMeta(
         format=spec.format,

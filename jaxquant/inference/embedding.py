@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import Array
 
+from jaxquant.core.blocks import repeat_blocks
 from jaxquant.core.qarray import QArray
 from jaxquant.formats.registry import get_format
 
@@ -25,12 +26,16 @@ def take_rows(table: QArray, ids: Array, dtype) -> Array:
 
         q = unpack_nibbles(q, 1, table.shape[1])
     values = fmt.codec.decode(q)  # (n, D)
-    b0, b1 = table.meta.block_shape
-    rows = flat // b0
-    scale = jnp.repeat(jnp.take(table.block_scale(), rows, axis=0), b1, axis=1)
+    block = table.meta.block_shape
+    rows = flat // block[0]
+    shape = (flat.shape[0], table.shape[1])
+
+    def per_element(grid_values: Array) -> Array:
+        return repeat_blocks(jnp.take(grid_values, rows, axis=0), block, shape, (1,))
+
+    scale = per_element(table.block_scale())
     if table.zero_point is not None:
-        zp = jnp.take(table.zero_point.astype(jnp.float32), rows, axis=0)
-        values = values - jnp.repeat(zp, b1, axis=1)
+        values = values - per_element(table.zero_point.astype(jnp.float32))
     out = values * scale
     if table.offset is not None:
         out = out + table.offset

@@ -98,12 +98,7 @@ def _weight_values(w: QArray) -> Array:
 
 def _expand_free(scale_grid: Array, w: QArray, keep: tuple[int, ...]) -> Array:
     """Grid-shaped weight scales -> per-element scales along the `keep` axes (others left as is)."""
-    s = scale_grid
-    for ax in keep:
-        b = w.meta.block_shape[ax]
-        if b > 1:
-            s = jnp.repeat(s, b, axis=ax)
-    return s
+    return blocks.repeat_blocks(scale_grid, w.meta.block_shape, w.shape, keep)
 
 
 def _low_precision_dot(x: Array, w: QArray, dims: DimNums, out_dtype: Any) -> Array:
@@ -132,7 +127,11 @@ def _low_precision_dot(x: Array, w: QArray, dims: DimNums, out_dtype: Any) -> Ar
         )
     (kx,), (kw,) = xc, wc
     g = w.meta.block_shape[kw]
-    n_groups = w.shape[kw] // g
+    n_groups = -(-w.shape[kw] // g)
+    pad = n_groups * g - w.shape[kw]  # a ragged last group is padded with zero codes
+    if pad:
+        xq = jnp.pad(xq, [(0, pad if i == kx else 0) for i in range(x.ndim)])
+        wq = jnp.pad(wq, [(0, pad if i == kw else 0) for i in range(w.ndim)])
     xg = xq.reshape(x.shape[:kx] + (n_groups, g) + x.shape[kx + 1 :])
     wg = wq.reshape(w.shape[:kw] + (n_groups, g) + w.shape[kw + 1 :])
     shift_x = lambda a: a + (a > kx)  # noqa: E731  axes after the split move by one

@@ -64,7 +64,7 @@ def _sweep(w: Array, u: Array, perm: Array, spec: ArraySpec, block_size: int):
     fmt = get_format(spec.format)
     k, n = w.shape
     g = spec.block_shape[0]
-    n_groups = k // g
+    n_groups = -(-k // g)  # a ragged last group is allowed
     group_of = perm // g  # group of each permuted row
 
     def group_scales(wcur: Array, grp: Array) -> tuple[Array, Array]:

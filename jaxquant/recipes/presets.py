@@ -1,4 +1,8 @@
-"""Named recipes, called like llm-compressor's schemes."""
+"""Named recipes, called like llm-compressor's schemes.
+
+Group presets allow a ragged last group, so they apply to any layer width (SmolLM2's 576 inputs
+give four groups of 128 and one of 64); a custom WeightScheme makes that an error by default.
+"""
 
 from __future__ import annotations
 
@@ -21,17 +25,20 @@ def _w8a8(name: str, weight: WeightScheme, act_format: str) -> Recipe:
 _PRESETS: dict[str, Callable[[], Recipe]] = {
     "w8a16": lambda: _weight_only("w8a16", WeightScheme("int8", "channel")),
     "w4a16": lambda: _weight_only(
-        "w4a16", WeightScheme("int4", "group", group_size=128, scale_dtype="bfloat16")
+        "w4a16", WeightScheme("int4", "group", 128, scale_dtype="bfloat16", ragged_groups=True)
     ),
     "w4a16-asym": lambda: _weight_only(
-        "w4a16-asym", WeightScheme("uint4", "group", group_size=128, scale_dtype="bfloat16")
+        "w4a16-asym",
+        WeightScheme("uint4", "group", 128, scale_dtype="bfloat16", ragged_groups=True),
     ),
-    "nf4": lambda: _weight_only("nf4", WeightScheme("nf4", "group", 64, double_quant=True)),
+    "nf4": lambda: _weight_only(
+        "nf4", WeightScheme("nf4", "group", 64, double_quant=True, ragged_groups=True)
+    ),
     "fp8": lambda: _w8a8("fp8", WeightScheme("fp8_e4m3", "channel"), "fp8_e4m3"),
     "w8a8-int8": lambda: _w8a8("w8a8-int8", WeightScheme("int8", "channel"), "int8"),
-    "mxfp4": lambda: _weight_only("mxfp4", WeightScheme("mxfp4")),
-    "mxfp8": lambda: _weight_only("mxfp8", WeightScheme("mxfp8")),
-    "nvfp4": lambda: _weight_only("nvfp4", WeightScheme("nvfp4")),
+    "mxfp4": lambda: _weight_only("mxfp4", WeightScheme("mxfp4", ragged_groups=True)),
+    "mxfp8": lambda: _weight_only("mxfp8", WeightScheme("mxfp8", ragged_groups=True)),
+    "nvfp4": lambda: _weight_only("nvfp4", WeightScheme("nvfp4", ragged_groups=True)),
 }
 
 

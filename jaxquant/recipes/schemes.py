@@ -34,6 +34,8 @@ class WeightScheme:
     scale_dtype:  float32 or bfloat16 (formats with their own scale encoding ignore it).
     clipping:     range selection (min-max, percentile, MSE search).
     double_quant: quantize the scales again (NF4).
+    ragged_groups: allow a group/block size that does not divide the axis; the last group is
+                  then smaller (e.g. 576 = 4 x 128 + 64). Off: such a size is an error.
     """
 
     format: str
@@ -45,6 +47,7 @@ class WeightScheme:
     scale_dtype: str = "float32"
     clipping: Clipping = Clipping()
     double_quant: bool = False
+    ragged_groups: bool = False
 
     def __post_init__(self) -> None:
         fmt = get_format(self.format)
@@ -105,11 +108,12 @@ class WeightScheme:
             g = self.group_size or fmt.fixed_group or fmt.default_group
             if g is None:
                 raise GranularityError(f"{name}: granularity='group' needs group_size")
-            if shape[axis] % g:
+            if shape[axis] % g and not self.ragged_groups:
                 raise GranularityError(
                     f"{name}: group size {g} does not divide axis {axis} of size {shape[axis]} "
                     f"(shape {tuple(shape)}); group sizes that divide it: "
-                    f"{_divisor_hint(shape[axis])}"
+                    f"{_divisor_hint(shape[axis])}; or set ragged_groups=True for a smaller "
+                    "last group"
                 )
             block = tuple(g if i == axis else 1 for i in range(ndim))
         else:
@@ -118,7 +122,7 @@ class WeightScheme:
                 raise GranularityError(f"{name}: block {b} has more axes than shape {shape}")
             block = (1,) * (ndim - len(b)) + b
             for i, (s, bi) in enumerate(zip(shape, block)):
-                if bi <= 0 or s % bi:
+                if bi <= 0 or (s % bi and not self.ragged_groups):
                     raise GranularityError(
                         f"{name}: block {b} does not tile shape {tuple(shape)} (axis {i}: {s} % "
                         f"{bi} != 0); block sizes that divide it: {_divisor_hint(s)}"
