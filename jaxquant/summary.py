@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
-import math
+import re
 from typing import Any
 
 import jax.numpy as jnp
@@ -25,6 +25,7 @@ class LeafRow:
     bytes_before: int
     bytes_after: int
     rel_error: float | None  # ||W - dequant(Q)||_F / ||W||_F, None without a reference
+    size: int = 0  # number of parameters
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +74,7 @@ class Summary:
         t.add_column("bits/param", justify="right")
         t.add_column("rel. error", justify="right", footer=f"{self.compression:.2f}x smaller")
         for r in self.rows:
-            bits = 8 * r.bytes_after / max(math.prod(r.shape), 1)
+            bits = 8 * r.bytes_after / max(r.size, 1)
             err = "-" if r.rel_error is None else f"{r.rel_error:.2e}"
             t.add_row(r.path, "x".join(map(str, r.shape)), f"{r.format} ({r.granularity})",
                       f"{r.bytes_before:,}", f"{r.bytes_after:,}", f"{bits:.2f}", err)
@@ -82,10 +83,32 @@ class Summary:
                       f"{self.float_bytes:,}", "", "")
         return t
 
-    def __str__(self) -> str:
+    def grouped(self) -> "Summary":
+        """Rows merged across repeated blocks: 'layers_3/attn/q_proj/kernel' and its siblings in
+        other layers become one row 'layers_*/attn/q_proj/kernel' (shape of the first, bytes
+        summed, error averaged)."""
+        groups: dict[tuple[str, str], list[LeafRow]] = {}
+        for r in self.rows:
+            key = (re.sub(r"(layers?|blocks?|h)_\d+", r"\1_*", r.path), r.format)
+            groups.setdefault(key, []).append(r)
+        rows = []
+        for (path, fmt), rs in groups.items():
+            errs = [r.rel_error for r in rs if r.rel_error is not None]
+            rows.append(LeafRow(
+                f"{path} (x{len(rs)})" if len(rs) > 1 else path, rs[0].shape, fmt,
+                rs[0].granularity, sum(r.bytes_before for r in rs),
+                sum(r.bytes_after for r in rs), sum(errs) / len(errs) if errs else None,
+                sum(r.size for r in rs),
+            ))
+        return Summary(tuple(rows), self.float_leaves, self.float_bytes)
+
+    def render(self) -> str:
         buf = io.StringIO()
         Console(file=buf, width=140, force_terminal=False).print(self.table())
         return buf.getvalue()
+
+    def __str__(self) -> str:
+        return self.render()
 
 
 def _rel_error(ref: Any, q: QArray) -> float:
@@ -105,7 +128,7 @@ def summary(qparams: Any, reference: Any = None) -> Summary:
         if isinstance(leaf, QArray):
             err = _rel_error(refs[path], leaf) if path in refs else None
             rows.append(LeafRow(path, leaf.shape, leaf.format, leaf.meta.granularity,
-                                leaf.logical_nbytes, leaf.nbytes, err))
+                                leaf.logical_nbytes, leaf.nbytes, err, leaf.size))
         elif hasattr(leaf, "shape") and hasattr(leaf, "dtype"):
             n_float += 1
             float_bytes += int(np.prod(leaf.shape)) * jnp.dtype(leaf.dtype).itemsize

@@ -1,0 +1,249 @@
+"""`jaxquant` command-line tool: quantize, eval, generate, presets."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from typing import Any, Sequence
+
+from rich.console import Console
+from rich.table import Table
+
+from jaxquant.errors import JaxquantError
+
+console = Console(stderr=True)
+
+
+def _model_args(p: argparse.ArgumentParser, recipe_help: str) -> None:
+    p.add_argument("--model", default="smollm2-135m",
+                   help="a model name (smollm2-135m), a .gguf file, or a saved jaxquant "
+                        "checkpoint directory (default: smollm2-135m)")
+    p.add_argument("--recipe", default=None, help=recipe_help)
+
+
+def _eval_args(p: argparse.ArgumentParser, default_tokens: int) -> None:
+    p.add_argument("--text", default=None,
+                   help="plain UTF-8 text file to evaluate on (default: the bundled Austen slice)")
+    p.add_argument("--max-tokens", type=int, default=default_tokens,
+                   help=f"evaluate at most this many tokens of the text (default {default_tokens};"
+                        " 0 for all)")
+    p.add_argument("--seq-len", type=int, default=512, help="window length (default 512)")
+    p.add_argument("--batch-size", type=int, default=4, help="windows per forward (default 4)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jaxquant",
+        description="Quantize, evaluate and run Flax models (jaxquant).",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    q = sub.add_parser("quantize", help="load, quantize, evaluate, save (Orbax), print a summary",
+                       description="Load a model, quantize it with a recipe (calibrating where "
+                                   "the recipe needs it), evaluate perplexity of the original and "
+                                   "quantized weights on the same text, show generations side by "
+                                   "side, save the quantized model and print the summary table.")
+    _model_args(q, "preset name (see `jaxquant presets`) or a YAML/JSON recipe file "
+                   "(default: w4a16)")
+    q.add_argument("--out", required=True, help="output directory for the quantized checkpoint")
+    q.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    q.add_argument("--no-eval", action="store_true", help="skip perplexity and generations")
+    q.add_argument("--verbose", action="store_true", help="one summary row per parameter")
+    _eval_args(q, 16384)
+    q.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
+
+    e = sub.add_parser("eval", help="perplexity of original and quantized weights",
+                       description="Evaluate perplexity on a text (bundled slice by default) for "
+                                   "the original weights and, with --recipe or a saved "
+                                   "checkpoint as --model, the quantized ones, in the same run.")
+    _model_args(e, "quantize with this preset/recipe file before evaluating")
+    _eval_args(e, 16384)
+    e.add_argument("--json", action="store_true", help="print one JSON object")
+
+    g = sub.add_parser("generate", help="generate text with a (quantized) model",
+                       description="Generate a continuation of --prompt with KV-cache decoding.")
+    _model_args(g, "quantize with this preset/recipe file first")
+    g.add_argument("--prompt", required=True, help="the prompt text")
+    g.add_argument("--max-new-tokens", type=int, default=48, help="default 48")
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1)")
+    g.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    g.add_argument("--json", action="store_true", help="print one JSON object")
+
+    sub.add_parser("presets", help="list the preset recipes")
+    return parser
+
+
+def _max_tokens(args: argparse.Namespace) -> int | None:
+    if args.max_tokens < 0:
+        raise JaxquantError(f"--max-tokens={args.max_tokens} must be >= 0")
+    return args.max_tokens or None
+
+
+def _metric_table(title: str, rows: list[tuple[str, str, str, str]]) -> Table:
+    t = Table(title=title)
+    for c in ("", "original", "quantized", "change"):
+        t.add_column(c, justify="right" if c else "left")
+    for r in rows:
+        t.add_row(*r)
+    return t
+
+
+def _eval_pair(loaded, base_params, args) -> dict[str, Any]:
+    """Perplexity of the original and (if quantized) the quantized params on the same windows."""
+    from jaxquant.cli import pipeline
+    from jaxquant.evaluation import read_text
+
+    text, label = read_text(args.text)
+    tokens = loaded.model.tokenizer.encode(text)
+    kw = dict(seq_len=args.seq_len, batch_size=args.batch_size, max_tokens=_max_tokens(args))
+    orig = pipeline.evaluate(loaded.model, base_params, tokens, desc="original", **kw)
+    out: dict[str, Any] = {
+        "text": label, "text_tokens": len(tokens), "tokens_evaluated": orig.n_tokens,
+        "seq_len": args.seq_len,
+        "original": {"perplexity": orig.ppl, "nll": orig.nll,
+                     "tokens_per_second": orig.tokens_per_second,
+                     "param_bytes": pipeline.param_bytes(base_params)},
+    }
+    if loaded.recipe is not None:
+        quant = pipeline.evaluate(loaded.model, loaded.params, tokens, desc="quantized", **kw)
+        out["quantized"] = {"perplexity": quant.ppl, "nll": quant.nll,
+                            "tokens_per_second": quant.tokens_per_second,
+                            "param_bytes": pipeline.param_bytes(loaded.params)}
+        out["perplexity_delta"] = quant.ppl - orig.ppl
+        out["perplexity_delta_percent"] = 100 * (quant.ppl - orig.ppl) / orig.ppl
+    return out
+
+
+def _eval_rows(ev: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    o, q = ev["original"], ev.get("quantized")
+    rows = [("perplexity", f"{o['perplexity']:.3f}", f"{q['perplexity']:.3f}" if q else "-",
+             f"{ev['perplexity_delta']:+.3f} ({ev['perplexity_delta_percent']:+.2f}%)" if q else "-"),
+            ("parameter bytes", f"{o['param_bytes']:,}", f"{q['param_bytes']:,}" if q else "-",
+             f"{o['param_bytes'] / q['param_bytes']:.2f}x smaller" if q else "-"),
+            ("forward tokens/s", f"{o['tokens_per_second']:.0f}",
+             f"{q['tokens_per_second']:.0f}" if q else "-", "")]
+    return rows
+
+
+def cmd_quantize(args: argparse.Namespace) -> dict[str, Any]:
+    from pathlib import Path
+
+    import jaxquant as jq
+    from jaxquant import checkpoint
+    from jaxquant.cli import pipeline
+
+    out_dir = Path(args.out)
+    if out_dir.exists() and not args.overwrite:
+        raise JaxquantError(f"output directory {str(out_dir)!r} exists; pass --overwrite "
+                            "or choose another --out")
+    if pipeline.is_checkpoint(args.model):
+        raise JaxquantError(f"{args.model} is already a quantized checkpoint; quantize the base "
+                            "model instead")
+    loaded = pipeline.load(args.model, args.recipe or "w4a16")
+    result: dict[str, Any] = {
+        "command": "quantize", "model": args.model, "source": str(loaded.model.path),
+        "recipe": loaded.recipe.name, "quantize_seconds": loaded.quantize_seconds,
+    }
+    summ = jq.summary(loaded.params, reference=loaded.model.params)
+    result["summary"] = summ.to_dict()
+    if not args.no_eval:
+        result["eval"] = _eval_pair(loaded, loaded.model.params, args)
+        result["generations"] = [
+            {"prompt": p,
+             "original": pipeline.complete(loaded.model, loaded.model.params, p, max_new_tokens=24),
+             "quantized": pipeline.complete(loaded.model, loaded.params, p, max_new_tokens=24)}
+            for p in pipeline.DEFAULT_PROMPTS
+        ]
+    start = time.perf_counter()
+    checkpoint.save(out_dir, loaded.params, loaded.recipe, overwrite=args.overwrite,
+                    extra={"model": args.model})
+    result["save_seconds"] = time.perf_counter() - start
+    result["out"] = str(out_dir.absolute())
+    if not args.json:
+        out = Console()
+        out.print((summ if args.verbose else summ.grouped()).table())
+        if "eval" in result:
+            ev = result["eval"]
+            out.print(_metric_table(
+                f"{args.model}, recipe {loaded.recipe.name}: {ev['tokens_evaluated']:,} tokens "
+                f"of {ev['text']}", _eval_rows(ev)))
+            gen = Table(title="greedy generations", show_lines=True)
+            for c in ("prompt", "original", "quantized"):
+                gen.add_column(c)
+            for g in result["generations"]:
+                gen.add_row(g["prompt"], g["original"], g["quantized"])
+            out.print(gen)
+        out.print(f"quantized in {loaded.quantize_seconds:.1f}s; saved to {result['out']}")
+    return result
+
+
+def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
+    from jaxquant.cli import pipeline
+
+    loaded = pipeline.load(args.model, args.recipe)
+    ev = _eval_pair(loaded, loaded.model.params, args)
+    result = {"command": "eval", "model": args.model,
+              "recipe": loaded.recipe.name if loaded.recipe else None, **ev}
+    if not args.json:
+        Console().print(_metric_table(f"{args.model}: {ev['tokens_evaluated']:,} tokens of "
+                                      f"{ev['text']}", _eval_rows(ev)))
+    return result
+
+
+def cmd_generate(args: argparse.Namespace) -> dict[str, Any]:
+    from jaxquant.cli import pipeline
+    from jaxquant.models.generate import Sampling
+
+    if args.max_new_tokens <= 0:
+        raise JaxquantError(f"--max-new-tokens={args.max_new_tokens} must be positive")
+    loaded = pipeline.load(args.model, args.recipe)
+    start = time.perf_counter()
+    text = pipeline.complete(loaded.model, loaded.params, args.prompt,
+                             max_new_tokens=args.max_new_tokens,
+                             sampling=Sampling(args.temperature, args.top_p), seed=args.seed)
+    result = {"command": "generate", "model": args.model,
+              "recipe": loaded.recipe.name if loaded.recipe else None,
+              "prompt": args.prompt, "completion": text,
+              "seconds": time.perf_counter() - start}
+    if not args.json:
+        Console().print(f"[bold]{args.prompt}[/bold]{text}")
+    return result
+
+
+def cmd_presets(args: argparse.Namespace) -> dict[str, Any]:
+    from jaxquant.recipes import get_preset, preset_names
+
+    t = Table(title="presets")
+    for c in ("name", "weights", "granularity", "activations"):
+        t.add_column(c)
+    for name in preset_names():
+        rule = get_preset(name).rules[0]
+        w, a = rule.weight, rule.activation
+        gran = w.resolved_granularity + (f" {w.group_size}" if w.group_size else "")
+        act = f"{a.format} per {a.granularity}, {'dynamic' if a.dynamic else 'static'}" if a else "-"
+        t.add_row(name, w.format, gran, act)
+    Console().print(t)
+    return {}
+
+
+COMMANDS = {"quantize": cmd_quantize, "eval": cmd_eval, "generate": cmd_generate,
+            "presets": cmd_presets}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = COMMANDS[args.command](args)
+    except JaxquantError as e:
+        console.print(f"[red]error:[/red] {e}")
+        return 2
+    if getattr(args, "json", False):
+        print(json.dumps(result, indent=1, default=float))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,126 @@
+"""The steps the command-line tool chains: load, quantize (and calibrate), evaluate, generate."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+import jaxquant as jq
+from jaxquant import checkpoint
+from jaxquant.calibration.activations import calibrate_activations
+from jaxquant.errors import JaxquantError
+from jaxquant.evaluation import perplexity, read_text
+from jaxquant.evaluation.perplexity import PerplexityResult, windows
+from jaxquant.evaluation.text import CALIB_TEXT
+from jaxquant.models import LoadedModel, load_model
+from jaxquant.models.generate import Sampling, generate
+from jaxquant.recipes.io import resolve_recipe
+from jaxquant.recipes.recipe import Recipe
+from jaxquant.tree_paths import flatten
+
+DEFAULT_PROMPTS = (
+    "Emma Woodhouse, handsome, clever, and rich,",
+    "The capital of France is",
+)
+
+
+@dataclasses.dataclass
+class Loaded:
+    """A model and the parameters to run: float (recipe None) or quantized."""
+
+    name: str
+    model: LoadedModel
+    params: Any
+    recipe: Recipe | None
+    quantize_seconds: float = 0.0
+
+
+def is_checkpoint(path: str) -> bool:
+    return (Path(path) / checkpoint.orbax_io.MANIFEST).is_file()
+
+
+def logits_fn(model: LoadedModel):
+    """(params, tokens) -> logits, with quantized layers intercepted."""
+
+    def fn(params: Any, tokens: Any) -> Any:
+        with jq.intercept():
+            return model.module.apply(params, tokens)[0]
+
+    return fn
+
+
+def step_fn(model: LoadedModel):
+    def fn(params: Any, tokens: Any, cache: Any) -> Any:
+        with jq.intercept():
+            return model.module.apply(params, tokens, cache=cache)
+
+    return fn
+
+
+def quantize_model(model: LoadedModel, name: str, recipe: Recipe, *, calib_tokens: int = 4096,
+                   seq_len: int = 512) -> tuple[Any, float]:
+    """Quantize `model` with `recipe`; static activation scales are calibrated on the bundled
+    calibration text. Errors if the recipe targets no layer of this model."""
+    types = jq.linen_module_types(model.module, jnp.zeros((1, 8), jnp.int32))
+    start = time.perf_counter()
+    qparams = jq.quantize(model.params, recipe, module_types=types)
+    jax.block_until_ready(qparams)
+    if not any(isinstance(leaf, jq.QArray) for _, leaf in flatten(qparams)[0]):
+        raise JaxquantError(f"recipe {recipe.name!r} targets no layer of model {name!r}; "
+                            "check its targets against the parameter paths (jaxquant.summary)")
+    needs_static = any(r.activation is not None and not r.activation.dynamic for r in recipe.rules)
+    if needs_static:
+        text, _ = read_text(None, default=CALIB_TEXT)
+        wins = windows(model.tokenizer.encode(text), seq_len, calib_tokens)
+        run = lambda p, b: model.module.apply(p, jnp.asarray(b)[None])  # noqa: E731
+        qparams = calibrate_activations(run, qparams, list(wins))
+    return qparams, time.perf_counter() - start
+
+
+def load(model_arg: str, recipe_arg: str | None) -> Loaded:
+    """A model name / GGUF path (quantized with recipe_arg if given) or a saved checkpoint."""
+    if is_checkpoint(model_arg):
+        qparams, recipe, info = checkpoint.restore(model_arg)
+        base = info.get("extra", {}).get("model")
+        if not base:
+            raise JaxquantError(f"{model_arg}: checkpoint does not name its base model")
+        if recipe_arg is not None:
+            raise JaxquantError("--recipe cannot be combined with a quantized checkpoint "
+                                f"({model_arg} was saved with recipe {recipe.name!r})")
+        return Loaded(base, load_model(base), qparams, recipe)
+    model = load_model(model_arg)
+    if recipe_arg is None:
+        return Loaded(model_arg, model, model.params, None)
+    recipe = resolve_recipe(recipe_arg)
+    qparams, seconds = quantize_model(model, model_arg, recipe)
+    return Loaded(model_arg, model, qparams, recipe, seconds)
+
+
+def param_bytes(params: Any) -> int:
+    total = 0
+    for _, leaf in flatten(params)[0]:
+        if isinstance(leaf, jq.QArray):
+            total += leaf.nbytes
+        elif hasattr(leaf, "nbytes"):
+            total += int(leaf.nbytes)
+    return total
+
+
+def evaluate(model: LoadedModel, params: Any, tokens: list[int], *, seq_len: int,
+             batch_size: int, max_tokens: int | None, desc: str) -> PerplexityResult:
+    return perplexity(logits_fn(model), params, tokens, seq_len=seq_len, batch_size=batch_size,
+                      max_tokens=max_tokens, desc=desc)
+
+
+def complete(model: LoadedModel, params: Any, prompt: str, *, max_new_tokens: int,
+             sampling: Sampling = Sampling(), seed: int = 0) -> str:
+    ids = model.tokenizer.encode(prompt)
+    out = generate(step_fn(model), params, model.module.init_cache, ids,
+                   max_new_tokens=max_new_tokens, sampling=sampling,
+                   eos_id=model.tokenizer.eos_id, seed=seed)
+    return model.tokenizer.decode(out)
