@@ -16,6 +16,12 @@ from jaxquant.errors import JaxquantError
 console = Console(stderr=True)
 
 
+def _out() -> Console:
+    """Console for tables: at least 150 columns wide even when stdout is not a terminal."""
+    c = Console()
+    return c if c.is_terminal else Console(width=150)
+
+
 def _model_args(p: argparse.ArgumentParser, recipe_help: str) -> None:
     p.add_argument("--model", default="smollm2-135m",
                    help="a model name (smollm2-135m), a .gguf file, or a saved jaxquant "
@@ -51,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     q.add_argument("--no-eval", action="store_true", help="skip perplexity and generations")
     q.add_argument("--verbose", action="store_true", help="one summary row per parameter")
-    _eval_args(q, 16384)
+    _eval_args(q, 8192)
     q.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
 
     e = sub.add_parser("eval", help="perplexity of original and quantized weights",
@@ -163,7 +169,7 @@ def cmd_quantize(args: argparse.Namespace) -> dict[str, Any]:
     result["save_seconds"] = time.perf_counter() - start
     result["out"] = str(out_dir.absolute())
     if not args.json:
-        out = Console()
+        out = _out()
         out.print((summ if args.verbose else summ.grouped()).table())
         if "eval" in result:
             ev = result["eval"]
@@ -188,7 +194,7 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
     result = {"command": "eval", "model": args.model,
               "recipe": loaded.recipe.name if loaded.recipe else None, **ev}
     if not args.json:
-        Console().print(_metric_table(f"{args.model}: {ev['tokens_evaluated']:,} tokens of "
+        _out().print(_metric_table(f"{args.model}: {ev['tokens_evaluated']:,} tokens of "
                                       f"{ev['text']}", _eval_rows(ev)))
     return result
 
@@ -209,7 +215,7 @@ def cmd_generate(args: argparse.Namespace) -> dict[str, Any]:
               "prompt": args.prompt, "completion": text,
               "seconds": time.perf_counter() - start}
     if not args.json:
-        Console().print(f"[bold]{args.prompt}[/bold]{text}")
+        _out().print(f"[bold]{args.prompt}[/bold]{text}")
     return result
 
 
@@ -225,7 +231,7 @@ def cmd_presets(args: argparse.Namespace) -> dict[str, Any]:
         gran = w.resolved_granularity + (f" {w.group_size}" if w.group_size else "")
         act = f"{a.format} per {a.granularity}, {'dynamic' if a.dynamic else 'static'}" if a else "-"
         t.add_row(name, w.format, gran, act)
-    Console().print(t)
+    _out().print(t)
     return {}
 
 
