@@ -1,6 +1,13 @@
 """Evaluation: perplexity on bundled or user text."""
 
-from jaxquant.evaluation.perplexity import PerplexityResult, perplexity
-from jaxquant.evaluation.text import read_text
+from jaxquant.evaluation.perplexity import PerplexityResult, perplexity, windows
+from jaxquant.evaluation.text import calibration_text, evaluation_text, read_text
 
-__all__ = ["PerplexityResult", "perplexity", "read_text"]
+__all__ = [
+    "PerplexityResult",
+    "calibration_text",
+    "evaluation_text",
+    "perplexity",
+    "read_text",
+    "windows",
+]
