@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,12 @@ class Loaded:
     params: Any
     recipe: Recipe | None
     quantize_seconds: float = 0.0
+
+
+@functools.lru_cache(maxsize=2)
+def cached_model(name: str) -> LoadedModel:
+    """load_model, kept for the process: models are immutable, decoding a GGUF takes seconds."""
+    return load_model(name)
 
 
 def is_checkpoint(path: str) -> bool:
@@ -92,8 +99,8 @@ def load(model_arg: str, recipe_arg: str | None) -> Loaded:
         if recipe_arg is not None:
             raise JaxquantError("--recipe cannot be combined with a quantized checkpoint "
                                 f"({model_arg} was saved with recipe {recipe.name!r})")
-        return Loaded(base, load_model(base), qparams, recipe)
-    model = load_model(model_arg)
+        return Loaded(base, cached_model(base), qparams, recipe)
+    model = cached_model(model_arg)
     if recipe_arg is None:
         return Loaded(model_arg, model, model.params, None)
     recipe = resolve_recipe(recipe_arg)
