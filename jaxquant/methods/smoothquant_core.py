@@ -1,0 +1,106 @@
+"""SmoothQuant (Xiao et al., 2023): migrate activation outliers into the weights, as pure array
+functions.
+
+Layout: activations X [T, K], weights in Flax layout W_i [K, N_i] (inputs on axis 0); all W_i
+read the same X and share one s [K]. With a_j = max_t |X[t, j]| (calibrated per channel) and
+w_j = max_{i, n} |W_i[j, n]|:
+
+    s_j = a_j ** alpha / w_j ** (1 - alpha),     0 <= alpha <= 1   (0.5 by default)
+
+clamped to >= 1e-5, and s_j = 1 where a_j or w_j is 0 (or s_j is not finite). Then
+(X / s) (s W) = X W exactly in real arithmetic, while X / s has its outlier channels divided
+down (easier per-token INT8) and s W absorbs them (per-channel INT8 weights have room to spare).
+alpha = 0 leaves the activations alone up to 1 / w; alpha = 1 moves all of their range into W.
+
+smooth() returns the scaled weights W_i * s[:, None] and s; fold 1 / s into whatever produces X
+with jaxquant.methods.awq_core.fold_into_norm / fold_into_linear_outputs, or store it as
+QArray.input_smooth where nothing precedes X.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+from jaxquant.errors import JaxquantError
+from jaxquant.methods.awq_core import (
+    check_weights,
+    fold_into_linear_outputs,
+    fold_into_norm,
+    scale_weights,
+)
+
+__all__ = [
+    "SmoothResult",
+    "smoothing_scales",
+    "smooth",
+    "fold_into_norm",
+    "fold_into_linear_outputs",
+    "scale_weights",
+]
+
+MIN_SCALE = 1e-5
+
+
+class SmoothResult(NamedTuple):
+    """Output of smooth(): weights W_i * s[:, None] (each in W_i's dtype) and s f32 [K]."""
+
+    weights: list[Array]
+    scales: Array
+
+
+def check_alpha(fn: str, alpha) -> None:
+    """JaxquantError unless alpha is in [0, 1] (traced values are not checked)."""
+    try:
+        a = float(alpha)
+    except (TypeError, jax.errors.ConcretizationTypeError):
+        if getattr(alpha, "shape", ()) != ():
+            raise JaxquantError(f"{fn}: alpha has shape {alpha.shape}; pass a scalar in [0, 1]")
+        return
+    if not 0.0 <= a <= 1.0:
+        raise JaxquantError(f"{fn}: alpha={alpha!r} is outside [0, 1]; pass the migration "
+                            "strength in [0, 1] (0.5 is SmoothQuant's default, 0.75-0.85 for "
+                            "models with strong outliers)")
+
+
+@jax.jit
+def _scales(act_absmax: Array, weights: tuple[Array, ...], alpha: Array) -> Array:
+    a = jnp.abs(act_absmax.astype(jnp.float32))
+    w = functools.reduce(jnp.maximum, [jnp.max(jnp.abs(wi.astype(jnp.float32)), axis=1)
+                                       for wi in weights])
+    s = jnp.power(a, alpha) / jnp.power(w, 1.0 - alpha)
+    ok = (a > 0) & (w > 0) & jnp.isfinite(s)
+    return jnp.where(ok, jnp.maximum(s, MIN_SCALE), 1.0)
+
+
+def smoothing_scales(act_absmax: Array, weights: Sequence[Array], alpha: float = 0.5) -> Array:
+    """SmoothQuant's per-input-channel scales s f32 [K].
+
+    act_absmax: [K] per-channel max |x| over the calibration tokens.
+    weights:    list of [K, N_i] float weights that read x (Flax layout).
+    alpha:      migration strength in [0, 1].
+    Jittable (alpha may be traced; it is range-checked only when concrete).
+    """
+    fn = "smoothing_scales"
+    check_alpha(fn, alpha)
+    shape = tuple(getattr(act_absmax, "shape", ()))
+    if len(shape) != 1:
+        raise JaxquantError(f"{fn}: act_absmax has shape {shape}; expected [K] (max |x| per "
+                            "input channel, e.g. jnp.max(jnp.abs(x.reshape(-1, K)), axis=0))")
+    weights = check_weights(fn, weights, shape[0], f"act_absmax {shape}")
+    return _scales(act_absmax, weights, jnp.asarray(alpha, jnp.float32))
+
+
+def smooth(x_absmax: Array, weights: Sequence[Array], alpha: float = 0.5) -> SmoothResult:
+    """Smoothed weights and scales: SmoothResult([W_i * s[:, None]], s).
+
+    x_absmax: [K] per-channel max |x|; weights: list of [K, N_i]; alpha in [0, 1]. The layers
+    then read x / s: fold 1 / s into the producer of x (fold_into_norm, fold_into_linear_outputs)
+    or set QArray.input_smooth = s.
+    """
+    s = smoothing_scales(x_absmax, weights, alpha)
+    return SmoothResult([scale_weights(w, s) for w in weights], s)
