@@ -32,7 +32,7 @@ def main() -> None:
     params = model.init(jax.random.key(0), x)
     reference = model.apply(params, x)
 
-    for preset in jq.preset_names():
+    for preset in jq.preset_names(calibrated=False):
         qparams = jq.quantize(params, preset)
         with jq.intercept():
             out = jax.jit(model.apply)(qparams, x)

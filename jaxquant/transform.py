@@ -13,7 +13,7 @@ import numpy as np
 
 from jaxquant.core.qarray import QArray
 from jaxquant.core.quantize import quantize_array
-from jaxquant.errors import LeafError
+from jaxquant.errors import LeafError, RecipeError
 from jaxquant.module_types import owner_type
 from jaxquant.recipes.io import resolve_recipe
 from jaxquant.recipes.recipe import Recipe, Rule
@@ -49,14 +49,18 @@ def _check_leaf(path: str, leaf: Any) -> None:
             )
 
 
+def attach_activation(q: QArray, rule: Rule) -> QArray:
+    """Record the rule's activation scheme (None: weight-only) in the QArray's metadata."""
+    if rule.activation is None:
+        return q
+    return dataclasses.replace(q, meta=dataclasses.replace(q.meta, activation=rule.activation))
+
+
 def quantize_leaf(path: str, leaf: Any, rule: Rule) -> QArray:
-    """Quantize one parameter under a rule (RTN)."""
+    """Quantize one parameter under a rule by round to nearest."""
     _check_leaf(path, leaf)
     spec = rule.weight.resolve(tuple(leaf.shape), default_axis(path, leaf.ndim), path)
-    q = quantize_array(jnp.asarray(leaf), spec)
-    if rule.activation is not None:
-        q = dataclasses.replace(q, meta=dataclasses.replace(q.meta, activation=rule.activation))
-    return q
+    return attach_activation(quantize_array(jnp.asarray(leaf), spec), rule)
 
 
 def quantize(
@@ -84,6 +88,11 @@ def quantize(
             out.append(leaf)
             continue
         idx, rule = found
+        if rule.method != "rtn":
+            raise RecipeError(
+                f"{path}: method {rule.method!r} needs calibration data; use "
+                "jaxquant.methods.sequential.quantize_calibrated (or `jaxquant quantize`)"
+            )
         used.add(idx)
         out.append(quantize_leaf(path, leaf, rule))
     unused = [f"rules[{i}] targets={list(r.targets)}" for i, r in enumerate(recipe.rules)

@@ -18,7 +18,7 @@ from jaxquant.errors import JaxquantError
 from jaxquant.tree_paths import flatten
 
 FORMAT_VERSION = 1
-_FIELDS = ("qvalue", "scale", "zero_point", "offset", "input_scale")
+_FIELDS = ("qvalue", "scale", "zero_point", "offset", "input_scale", "input_smooth")
 
 
 def meta_to_dict(meta: QMeta) -> dict:

@@ -223,14 +223,14 @@ def cmd_presets(args: argparse.Namespace) -> dict[str, Any]:
     from jaxquant.recipes import get_preset, preset_names
 
     t = Table(title="presets")
-    for c in ("name", "weights", "granularity", "activations"):
+    for c in ("name", "weights", "granularity", "activations", "method"):
         t.add_column(c)
     for name in preset_names():
         rule = get_preset(name).rules[0]
         w, a = rule.weight, rule.activation
         gran = w.resolved_granularity + (f" {w.group_size}" if w.group_size else "")
         act = f"{a.format} per {a.granularity}, {'dynamic' if a.dynamic else 'static'}" if a else "-"
-        t.add_row(name, w.format, gran, act)
+        t.add_row(name, w.format, gran, act, rule.method)
     _out().print(t)
     return {}
 

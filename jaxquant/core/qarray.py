@@ -12,6 +12,8 @@ grid; a last block that B does not fill is ragged):
   zero_point  uint8 of grid shape G for asymmetric formats, else None.
   input_scale f32 static scale of the layer's input activations (calibrated), else None; the
               activation scheme is meta.activation.
+  input_smooth f32 [S[axis]] per-input-channel divisor of the layer's activations (AWQ /
+              SmoothQuant scales with no preceding op to fold into; W holds W * smooth), else None.
   offset      f32 scalar added after scaling, else None. Only NF4 double quantization uses it:
               the nested scale QArray stores block absmax values minus their mean (as bitsandbytes).
   meta        static: format name, S, logical dtype, B, axis, granularity, layout, and the
@@ -76,6 +78,7 @@ class QArray:
     meta: QMeta = dataclasses.field(metadata=dict(static=True))
     offset: Array | None = None
     input_scale: Array | None = None
+    input_smooth: Array | None = None
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -100,7 +103,8 @@ class QArray:
     @property
     def nbytes(self) -> int:
         """Real storage in bytes: codes + scales (recursively) + zero-points."""
-        parts = (self.qvalue, self.scale, self.zero_point, self.offset, self.input_scale)
+        parts = (self.qvalue, self.scale, self.zero_point, self.offset, self.input_scale,
+                 self.input_smooth)
         return sum(_nbytes(p) for p in parts)
 
     @property

@@ -60,6 +60,12 @@ def quantized_dot_general(
         return lax.dot_general(x, w, dimension_numbers, precision=precision).astype(out_dtype)
     (xc, wc), (xb, wb) = dimension_numbers
     dims = ((_norm(xc, x.ndim), _norm(wc, w.ndim)), (_norm(xb, x.ndim), _norm(wb, w.ndim)))
+    if w.input_smooth is not None:
+        if len(dims[0][0]) != 1:
+            raise FormatError("input_smooth needs a dot with one contracting axis")
+        shape = [1] * x.ndim
+        shape[dims[0][0][0]] = -1
+        x = (x.astype(jnp.float32) / w.input_smooth.reshape(shape)).astype(x.dtype)
     observer = dispatch.current().observer
     if observer is not None and w.meta.activation is not None and not w.meta.activation.dynamic:
         from jaxquant.calibration.observers import HistogramObserver

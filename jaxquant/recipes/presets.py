@@ -6,6 +6,7 @@ give four groups of 128 and one of 64); a custom WeightScheme makes that an erro
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 from jaxquant.errors import RecipeError
@@ -17,9 +18,14 @@ def _weight_only(name: str, weight: WeightScheme) -> Recipe:
     return Recipe((Rule(DEFAULT_TARGETS, weight),), name=name)
 
 
-def _w8a8(name: str, weight: WeightScheme, act_format: str) -> Recipe:
+def _w8a8(name: str, weight: WeightScheme, act_format: str, method: str = "rtn") -> Recipe:
     act = activation_scheme(act_format, "token", dynamic=True)
-    return Recipe((Rule(DEFAULT_TARGETS, weight, activation=act),), name=name)
+    return Recipe((Rule(DEFAULT_TARGETS, weight, activation=act, method=method),), name=name)
+
+
+def _with_method(name: str, base: str, method: str) -> Recipe:
+    rule = get_preset(base).rules[0]
+    return Recipe((dataclasses.replace(rule, method=method),), name=name)
 
 
 _PRESETS: dict[str, Callable[[], Recipe]] = {
@@ -39,11 +45,19 @@ _PRESETS: dict[str, Callable[[], Recipe]] = {
     "mxfp4": lambda: _weight_only("mxfp4", WeightScheme("mxfp4", ragged_groups=True)),
     "mxfp8": lambda: _weight_only("mxfp8", WeightScheme("mxfp8", ragged_groups=True)),
     "nvfp4": lambda: _weight_only("nvfp4", WeightScheme("nvfp4", ragged_groups=True)),
+    "w4a16-gptq": lambda: _with_method("w4a16-gptq", "w4a16", "gptq"),
+    "w4a16-awq": lambda: _with_method("w4a16-awq", "w4a16", "awq"),
+    "w8a8-smoothquant": lambda: _with_method("w8a8-smoothquant", "w8a8-int8", "smoothquant"),
+    "fp8-smoothquant": lambda: _with_method("fp8-smoothquant", "fp8", "smoothquant"),
 }
 
 
-def preset_names() -> list[str]:
-    return list(_PRESETS)
+def preset_names(calibrated: bool = True) -> list[str]:
+    """Preset names; calibrated=False leaves out those whose method needs calibration data
+    (gptq, awq, smoothquant), i.e. the ones jaxquant.quantize can apply directly."""
+    if calibrated:
+        return list(_PRESETS)
+    return [n for n in _PRESETS if _PRESETS[n]().rules[0].method == "rtn"]
 
 
 def get_preset(name: str) -> Recipe:

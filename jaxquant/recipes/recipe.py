@@ -10,7 +10,7 @@ from jaxquant.core.spec import ActivationSpec
 from jaxquant.errors import RecipeError
 from jaxquant.recipes.schemes import WeightScheme
 
-METHODS = ("rtn",)
+METHODS = ("rtn", "gptq", "awq", "smoothquant")
 
 # The sensitivity ladder: the output head, embeddings, norms and biases stay in full precision
 # unless a recipe replaces this list.
@@ -46,6 +46,34 @@ def _check_patterns(patterns: tuple[str, ...], where: str) -> None:
             raise RecipeError(f"{where}: invalid regex {p!r}: {e}") from None
 
 
+def _check_method(rule: "Rule") -> None:
+    """Methods that cannot apply to the rule's scheme fail when the recipe is built."""
+    from jaxquant.formats.registry import get_format
+
+    w, fmt = rule.weight, get_format(rule.weight.format)
+    gran = w.resolved_granularity
+    if rule.method == "gptq":
+        if gran not in ("group", "channel") or w.channel_axes is not None:
+            raise RecipeError(
+                f"method gptq cannot apply to {w.format} with {gran} scales: GPTQ updates the "
+                "weights as it sweeps, so scales must be per output channel or per group along "
+                "the contraction axis (granularity 'channel' or 'group')"
+            )
+        if fmt.scale_kind == "nvfp4" or w.double_quant:
+            raise RecipeError(f"method gptq cannot apply to {w.format}"
+                              f"{' with double_quant' if w.double_quant else ''}: its scales "
+                              "depend on the whole tensor; use an INT, FP8 or MX format")
+    if rule.method == "smoothquant" and rule.activation is None:
+        raise RecipeError("method smoothquant migrates activation outliers into the weights and "
+                          "needs an activation scheme (e.g. the w8a8-int8 or fp8 scheme)")
+    if rule.method == "smoothquant":
+        alpha = rule.method_args.get("alpha", 0.5)
+        if not 0.0 <= float(alpha) <= 1.0:
+            raise RecipeError(f"smoothquant alpha={alpha} must be in [0, 1]")
+    if rule.method == "gptq" and not 0 < float(rule.method_args.get("damp", 0.01)) <= 1:
+        raise RecipeError(f"gptq damp={rule.method_args['damp']} must be in (0, 1]")
+
+
 @dataclasses.dataclass(frozen=True)
 class Rule:
     """targets/ignore select parameters; weight (and optional activation) say how; method says
@@ -67,6 +95,7 @@ class Rule:
         _check_patterns(self.ignore, "rule.ignore")
         if self.method not in METHODS:
             raise RecipeError(f"unknown method {self.method!r}; available: {', '.join(METHODS)}")
+        _check_method(self)
 
     def matches(self, path: str, module_type: str | None = None) -> bool:
         return any(target_matches(t, path, module_type) for t in self.targets) and not any(
