@@ -27,6 +27,16 @@ def _model_args(p: argparse.ArgumentParser, recipe_help: str) -> None:
                    help="a model name (smollm2-135m), a .gguf file, or a saved jaxquant "
                         "checkpoint directory (default: smollm2-135m)")
     p.add_argument("--recipe", default=None, help=recipe_help)
+    p.add_argument("--method", choices=("rtn", "gptq", "awq", "smoothquant"), default=None,
+                   help="apply this method to every rule of the recipe (e.g. --recipe w4a16 "
+                        "--method gptq)")
+    p.add_argument("--bits", type=int, choices=(2, 3, 4, 8), default=None,
+                   help="set the bit width of the recipe's integer weight format (int4 -> int3)")
+    p.add_argument("--calib-text", default=None,
+                   help="calibration text file (default: the bundled Persuasion slice, which "
+                        "never overlaps the evaluation text)")
+    p.add_argument("--calib-tokens", type=int, default=16384,
+                   help="calibration tokens for GPTQ/AWQ/SmoothQuant (default 16384)")
 
 
 def _eval_args(p: argparse.ArgumentParser, default_tokens: int) -> None:
@@ -80,6 +90,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("presets", help="list the preset recipes")
     return parser
+
+
+def _quant_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    if args.calib_tokens <= 0:
+        raise JaxquantError(f"--calib-tokens={args.calib_tokens} must be positive")
+    if (args.method or args.bits) and args.recipe is None and args.command != "quantize":
+        raise JaxquantError("--method/--bits modify a recipe: give --recipe too")
+    return {"method": args.method, "bits": args.bits, "calib_text": args.calib_text,
+            "calib_tokens": args.calib_tokens}
 
 
 def _max_tokens(args: argparse.Namespace) -> int | None:
@@ -148,10 +167,11 @@ def cmd_quantize(args: argparse.Namespace) -> dict[str, Any]:
     if pipeline.is_checkpoint(args.model):
         raise JaxquantError(f"{args.model} is already a quantized checkpoint; quantize the base "
                             "model instead")
-    loaded = pipeline.load(args.model, args.recipe or "w4a16")
+    loaded = pipeline.load(args.model, args.recipe or "w4a16", **_quant_kwargs(args))
     result: dict[str, Any] = {
         "command": "quantize", "model": args.model, "source": str(loaded.model.path),
         "recipe": loaded.recipe.name, "quantize_seconds": loaded.quantize_seconds,
+        "calibration": {k: v for k, v in loaded.calibration.items() if k != "layers"},
     }
     summ = jq.summary(loaded.params, reference=loaded.model.params)
     result["summary"] = summ.to_dict()
@@ -182,6 +202,10 @@ def cmd_quantize(args: argparse.Namespace) -> dict[str, Any]:
             for g in result["generations"]:
                 gen.add_row(g["prompt"], g["original"], g["quantized"])
             out.print(gen)
+        cal = loaded.calibration
+        if cal:
+            out.print(f"calibrated on {cal.get('tokens', cal.get('activation_tokens'))} tokens of "
+                      f"{cal['text']}")
         out.print(f"quantized in {loaded.quantize_seconds:.1f}s; saved to {result['out']}")
     return result
 
@@ -189,10 +213,13 @@ def cmd_quantize(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
     from jaxquant.cli import pipeline
 
-    loaded = pipeline.load(args.model, args.recipe)
+    loaded = pipeline.load(args.model, args.recipe, **_quant_kwargs(args))
     ev = _eval_pair(loaded, loaded.model.params, args)
     result = {"command": "eval", "model": args.model,
-              "recipe": loaded.recipe.name if loaded.recipe else None, **ev}
+              "recipe": loaded.recipe.name if loaded.recipe else None,
+              "quantize_seconds": loaded.quantize_seconds,
+              "calibration": {k: v for k, v in loaded.calibration.items() if k != "layers"},
+              **ev}
     if not args.json:
         _out().print(_metric_table(f"{args.model}: {ev['tokens_evaluated']:,} tokens of "
                                       f"{ev['text']}", _eval_rows(ev)))
@@ -205,7 +232,7 @@ def cmd_generate(args: argparse.Namespace) -> dict[str, Any]:
 
     if args.max_new_tokens <= 0:
         raise JaxquantError(f"--max-new-tokens={args.max_new_tokens} must be positive")
-    loaded = pipeline.load(args.model, args.recipe)
+    loaded = pipeline.load(args.model, args.recipe, **_quant_kwargs(args))
     start = time.perf_counter()
     text = pipeline.complete(loaded.model, loaded.params, args.prompt,
                              max_new_tokens=args.max_new_tokens,

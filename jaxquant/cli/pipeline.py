@@ -39,6 +39,7 @@ class Loaded:
     params: Any
     recipe: Recipe | None
     quantize_seconds: float = 0.0
+    calibration: dict = dataclasses.field(default_factory=dict)
 
 
 @functools.lru_cache(maxsize=2)
@@ -69,43 +70,83 @@ def step_fn(model: LoadedModel):
     return fn
 
 
-def quantize_model(model: LoadedModel, name: str, recipe: Recipe, *, calib_tokens: int = 4096,
-                   seq_len: int = 512) -> tuple[Any, float]:
-    """Quantize `model` with `recipe`; static activation scales are calibrated on the bundled
-    calibration text. Errors if the recipe targets no layer of this model."""
+def with_overrides(recipe: Recipe, method: str | None = None, bits: int | None = None) -> Recipe:
+    """The recipe with every rule's method replaced (--method) and/or its integer weight format
+    set to `bits` bits, keeping signedness (--bits 3: int4 -> int3)."""
+    rules = []
+    for r in recipe.rules:
+        w = r.weight
+        if bits is not None:
+            if not w.format.startswith(("int", "uint")):
+                raise JaxquantError(f"--bits applies to integer formats, not {w.format}")
+            w = dataclasses.replace(w, format=("uint" if w.format.startswith("u") else "int")
+                                    + str(bits))
+        rules.append(dataclasses.replace(r, weight=w, method=method or r.method))
+    suffix = (f"-{method}" if method else "") + (f"-int{bits}" if bits else "")
+    return Recipe(tuple(rules), ignore=recipe.ignore, name=recipe.name + suffix)
+
+
+def calibration_windows(model: LoadedModel, *, text: str | None, tokens: int, seq_len: int
+                        ) -> tuple[Any, str]:
+    """[n, seq_len] token windows of the calibration text (bundled Persuasion slice by default,
+    never the evaluation text) and its label."""
+    body, label = read_text(text, default=CALIB_TEXT)
+    return windows(model.tokenizer.encode(body), seq_len, tokens), label
+
+
+def quantize_model(model: LoadedModel, name: str, recipe: Recipe, *, calib_text: str | None = None,
+                   calib_tokens: int = 16384, seq_len: int = 512, progress: bool = True
+                   ) -> tuple[Any, float, dict]:
+    """Quantize `model` with `recipe` -> (params, seconds, calibration info). GPTQ/AWQ/SmoothQuant
+    rules run block-sequentially on calibration text; static activation scales are calibrated on
+    it. Errors if the recipe targets no layer of this model."""
+    from jaxquant.methods.sequential import CALIBRATED, quantize_calibrated
+
     types = jq.linen_module_types(model.module, jnp.zeros((1, 8), jnp.int32))
+    calib: dict = {}
     start = time.perf_counter()
-    qparams = jq.quantize(model.params, recipe, module_types=types)
+    if any(r.method in CALIBRATED for r in recipe.rules):
+        wins, label = calibration_windows(model, text=calib_text, tokens=calib_tokens,
+                                          seq_len=seq_len)
+        qparams, report = quantize_calibrated(model.module, model.params, recipe, wins,
+                                              progress=progress)
+        calib = {"text": label, "tokens": int(wins.size), "layers": report.layers}
+    else:
+        qparams = jq.quantize(model.params, recipe, module_types=types)
     jax.block_until_ready(qparams)
     if not any(isinstance(leaf, jq.QArray) for _, leaf in flatten(qparams)[0]):
         raise JaxquantError(f"recipe {recipe.name!r} targets no layer of model {name!r}; "
                             "check its targets against the parameter paths (jaxquant.summary)")
-    needs_static = any(r.activation is not None and not r.activation.dynamic for r in recipe.rules)
-    if needs_static:
-        text, _ = read_text(None, default=CALIB_TEXT)
-        wins = windows(model.tokenizer.encode(text), seq_len, calib_tokens)
+    if any(r.activation is not None and not r.activation.dynamic for r in recipe.rules):
+        wins, label = calibration_windows(model, text=calib_text, tokens=min(calib_tokens, 4096),
+                                          seq_len=seq_len)
         run = lambda p, b: model.module.apply(p, jnp.asarray(b)[None])  # noqa: E731
         qparams = calibrate_activations(run, qparams, list(wins))
-    return qparams, time.perf_counter() - start
+        calib.setdefault("text", label)
+        calib["activation_tokens"] = int(wins.size)
+    return qparams, time.perf_counter() - start, calib
 
 
-def load(model_arg: str, recipe_arg: str | None) -> Loaded:
+def load(model_arg: str, recipe_arg: str | None, *, method: str | None = None,
+         bits: int | None = None, calib_text: str | None = None, calib_tokens: int = 16384
+         ) -> Loaded:
     """A model name / GGUF path (quantized with recipe_arg if given) or a saved checkpoint."""
     if is_checkpoint(model_arg):
         qparams, recipe, info = checkpoint.restore(model_arg)
         base = info.get("extra", {}).get("model")
         if not base:
             raise JaxquantError(f"{model_arg}: checkpoint does not name its base model")
-        if recipe_arg is not None:
-            raise JaxquantError("--recipe cannot be combined with a quantized checkpoint "
+        if recipe_arg is not None or method or bits:
+            raise JaxquantError("--recipe/--method/--bits cannot be combined with a quantized checkpoint "
                                 f"({model_arg} was saved with recipe {recipe.name!r})")
         return Loaded(base, cached_model(base), qparams, recipe)
     model = cached_model(model_arg)
     if recipe_arg is None:
         return Loaded(model_arg, model, model.params, None)
-    recipe = resolve_recipe(recipe_arg)
-    qparams, seconds = quantize_model(model, model_arg, recipe)
-    return Loaded(model_arg, model, qparams, recipe, seconds)
+    recipe = with_overrides(resolve_recipe(recipe_arg), method, bits)
+    qparams, seconds, calib = quantize_model(model, model_arg, recipe, calib_text=calib_text,
+                                             calib_tokens=calib_tokens)
+    return Loaded(model_arg, model, qparams, recipe, seconds, calib)
 
 
 def param_bytes(params: Any) -> int:

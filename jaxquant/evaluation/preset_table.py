@@ -41,7 +41,7 @@ def main() -> None:
              "param_bytes": pipeline.param_bytes(model.params), "quantize_seconds": 0.0,
              "tokens_per_second": base.tokens_per_second}]
     for name in args.presets.split(","):
-        qparams, seconds = pipeline.quantize_model(model, args.model, get_preset(name))
+        qparams, seconds, _ = pipeline.quantize_model(model, args.model, get_preset(name))
         r = pipeline.evaluate(model, qparams, tokens, desc=name, **kw)
         rows.append({"recipe": name, "perplexity": r.ppl,
                      "delta_percent": 100 * (r.ppl - base.ppl) / base.ppl,
