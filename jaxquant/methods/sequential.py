@@ -98,7 +98,12 @@ def _smooth_group(mapping, rules: dict[str, Rule], stats, block: dict, report, p
     return set(mapping.layers)
 
 
-def _quantize_block(adapter, i: int, block: dict, rules: dict[str, Rule], stats, report) -> dict:
+def smooth_block(adapter, i: int, block: dict, rules: dict[str, Rule], stats, report
+                 ) -> tuple[dict, dict[str, Any]]:
+    """AWQ/SmoothQuant on one block's float params (a modified copy): scales folded into the
+    preceding norm/linear where the adapter declares one, else returned as {layer: smooth}
+    to be stored as the layer's input_smooth. The float block computes the same function."""
+    block = jax.tree_util.tree_map(lambda x: x, block)
     prefix = adapter.block_path(i) + "/"
     handled: set[str] = set()
     smooth: dict[str, Any] = {}
@@ -107,6 +112,7 @@ def _quantize_block(adapter, i: int, block: dict, rules: dict[str, Rule], stats,
     for rel, rule in rules.items():  # AWQ/SmoothQuant with nothing to fold into: explicit smooth
         if rule.method in ("awq", "smoothquant") and rel not in handled:
             from jaxquant.methods import awq_core, smoothquant_core
+
             w = _get(block, rel + "/kernel")
             if rule.method == "smoothquant":
                 s = smoothquant_core.smoothing_scales(
@@ -117,6 +123,12 @@ def _quantize_block(adapter, i: int, block: dict, rules: dict[str, Rule], stats,
             _get(block, rel)["kernel"] = awq_core.scale_weights(w, s)
             smooth[rel] = jnp.asarray(s, jnp.float32)
             report.layers[prefix + rel] = {"method": rule.method, "folded_into": "input_smooth"}
+    return block, smooth
+
+
+def _quantize_block(adapter, i: int, block: dict, rules: dict[str, Rule], stats, report) -> dict:
+    prefix = adapter.block_path(i) + "/"
+    block, smooth = smooth_block(adapter, i, block, rules, stats, report)
     out = jax.tree_util.tree_map(lambda x: x, block)  # fresh nested dicts
     for rel, rule in rules.items():
         path = prefix + rel + "/kernel"
@@ -137,6 +149,26 @@ def _quantize_block(adapter, i: int, block: dict, rules: dict[str, Rule], stats,
             q = dataclasses.replace(q, input_smooth=smooth[rel])
         _set(out, rel + "/kernel", q)
     return out
+
+
+def block_statistics(adapter, i: int, block: dict, rules: dict[str, Rule], hidden: list
+                     ) -> dict[str, LayerStats]:
+    """Streaming input statistics of block i's Dense layers over the calibration hidden states
+    (Hessians for GPTQ layers, activation samples for the targeted ones)."""
+    if not any(r.method in CALIBRATED for r in rules.values()):
+        return {}
+    capture = jax.jit(captured_apply(adapter.block_module(i), quantized=False))
+    stats: dict[str, LayerStats] = {}
+    for h in hidden:
+        _, seen = capture({"params": block}, h, *adapter.block_args(h))
+        for rel, x in seen.items():
+            if rel not in stats:
+                rows = AWQ_SAMPLE_ROWS if rel in rules else 0
+                gptq = rel in rules and rules[rel].method == "gptq"
+                stats[rel] = LayerStats.init(x.shape[-1], hessian=gptq, sample_rows=rows)
+            stats[rel] = update_stats(stats[rel], x)
+    _min_tokens(stats, {r: v for r, v in rules.items() if v.method == "gptq"})
+    return stats
 
 
 def quantize_calibrated(
@@ -177,20 +209,7 @@ def quantize_calibrated(
                 used_rules.add(found[0])
                 rules[rel[: -len("/kernel")]] = found[1]
         module = adapter.block_module(i)
-        if any(r.method in CALIBRATED for r in rules.values()):
-            capture = jax.jit(captured_apply(module, quantized=False))
-            stats: dict[str, LayerStats] = {}
-            for h in hidden:
-                _, seen = capture({"params": block}, h, *adapter.block_args(h))
-                for rel, x in seen.items():
-                    if rel not in stats:
-                        rows = AWQ_SAMPLE_ROWS if rel in rules else 0
-                        gptq = rel in rules and rules[rel].method == "gptq"
-                        stats[rel] = LayerStats.init(x.shape[-1], hessian=gptq, sample_rows=rows)
-                    stats[rel] = update_stats(stats[rel], x)
-            _min_tokens(stats, {r: v for r, v in rules.items() if v.method == "gptq"})
-        else:
-            stats = {}
+        stats = block_statistics(adapter, i, block, rules, hidden)
         qblock = _quantize_block(adapter, i, block, rules, stats, report)
         params["params"][f"layers_{i}"] = qblock
         run = jax.jit(captured_apply(module, quantized=True))
