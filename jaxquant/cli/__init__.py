@@ -88,6 +88,30 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     g.add_argument("--json", action="store_true", help="print one JSON object")
 
+    s = sub.add_parser("sensitivity", help="rank layers by quantization cost, build a "
+                       "mixed-precision recipe under a byte budget",
+                       description="Quantize one group of layers at a time with --recipe (the "
+                                   "rest in float), measure the perplexity cost of each on the "
+                                   "calibration text, print the ranked ladder, and write a "
+                                   "recipe that keeps the most sensitive groups in --high "
+                                   "precision within the budget; then compare it with uniform "
+                                   "low and high precision on the evaluation text.")
+    _model_args(s, "the low-precision preset or recipe file (default: w4a16)")
+    s.add_argument("--high", default="w8a16", help="high-precision preset (default w8a16)")
+    s.add_argument("--granularity", choices=("type", "block", "layer"), default="type",
+                   help="group layers by type across blocks (default), by block, or singly")
+    budget = s.add_mutually_exclusive_group()
+    budget.add_argument("--budget-bytes", type=int, default=None,
+                        help="total parameter bytes allowed")
+    budget.add_argument("--bits-per-param", type=float, default=None,
+                        help="average bits per quantized parameter allowed (default 5.0)")
+    s.add_argument("--out-recipe", default=None, help="write the mixed recipe here (.yaml/.json)")
+    s.add_argument("--plot", default=None, help="save the ladder as a PNG (needs matplotlib)")
+    s.add_argument("--sens-tokens", type=int, default=2048,
+                   help="calibration tokens per sensitivity measurement (default 2048)")
+    _eval_args(s, 8192)
+    s.add_argument("--json", action="store_true", help="print one JSON object")
+
     sub.add_parser("presets", help="list the preset recipes")
     return parser
 
@@ -262,8 +286,98 @@ def cmd_presets(args: argparse.Namespace) -> dict[str, Any]:
     return {}
 
 
+def cmd_sensitivity(args: argparse.Namespace) -> dict[str, Any]:
+    import jaxquant as jq
+    from jaxquant.cli import pipeline
+    from jaxquant.evaluation import read_text
+    from jaxquant.evaluation.perplexity import perplexity
+    from jaxquant.methods.sensitivity import mixed_recipe, sensitivity
+    from jaxquant.recipes.io import resolve_recipe, save_recipe
+    from jaxquant.tree_paths import flatten
+
+    model = pipeline.cached_model(args.model)
+    low = pipeline.with_overrides(resolve_recipe(args.recipe or "w4a16"), args.method, args.bits)
+    high = resolve_recipe(args.high)
+    calib, calib_label = pipeline.calibration_windows(
+        model, text=args.calib_text, tokens=args.sens_tokens, seq_len=args.seq_len)
+    fn = pipeline.logits_fn(model)
+
+    def cost(params: Any) -> float:
+        return perplexity(fn, params, calib.reshape(-1), seq_len=args.seq_len,
+                          batch_size=args.batch_size, progress=False).ppl
+
+    def quantize(params: Any, recipe: Any) -> Any:
+        return pipeline.quantize_model(model, args.model, recipe, progress=False)[0]
+
+    base, costs = sensitivity(model.params, low, high, cost, granularity=args.granularity,
+                              quantize=quantize)
+    targeted = {p for c in costs for p in c.paths}
+    leaves = flatten(model.params)[0]
+    n_targeted = sum(int(leaf.size) for p, leaf in leaves if p in targeted)
+    other = sum(int(leaf.nbytes) for p, leaf in leaves if p not in targeted)
+    budget = args.budget_bytes
+    if budget is None:
+        budget = other + int((args.bits_per_param or 5.0) / 8 * n_targeted)
+    recipe, mixed_bytes, upgraded = mixed_recipe(low, high, costs, budget, other)
+    if args.out_recipe:
+        save_recipe(recipe, args.out_recipe)
+    text, label = read_text(args.text)
+    tokens = model.tokenizer.encode(text)
+    kw = dict(seq_len=args.seq_len, batch_size=args.batch_size, max_tokens=_max_tokens(args))
+    compare = {}
+    for name, r in (("original", None), (low.name, low), (high.name, high), (recipe.name, recipe)):
+        params = model.params if r is None else quantize(model.params, r)
+        res = pipeline.evaluate(model, params, tokens, desc=name, **kw)
+        compare[name] = {"perplexity": res.ppl, "param_bytes": pipeline.param_bytes(params)}
+    result = {
+        "command": "sensitivity", "model": args.model, "low": low.name, "high": high.name,
+        "granularity": args.granularity, "calibration": {"text": calib_label,
+                                                          "tokens": int(calib.size)},
+        "float_calib_perplexity": base,
+        "ladder": [{"group": c.group, "perplexity": c.perplexity, "delta": c.delta,
+                    "low_bytes": c.low_bytes, "high_bytes": c.high_bytes} for c in costs],
+        "budget_bytes": budget, "mixed_bytes": mixed_bytes, "upgraded": upgraded,
+        "recipe_file": args.out_recipe, "evaluation": {"text": label, **compare},
+    }
+    if args.plot:
+        _plot_ladder(costs, args.plot, f"{args.model}: {low.name} one group at a time")
+    if not args.json:
+        out = _out()
+        t = Table(title=f"sensitivity ladder ({low.name}, {calib.size:,} tokens of {calib_label})")
+        for c in ("group", "perplexity", "cost", "kept in " + high.name):
+            t.add_column(c)
+        for c in costs:
+            t.add_row(c.group, f"{c.perplexity:.3f}", f"{c.delta:+.3f}",
+                      "yes" if c.group in upgraded else "")
+        out.print(t)
+        t2 = Table(title=f"{label}: uniform vs mixed (budget {budget:,} bytes)")
+        for c in ("recipe", "perplexity", "parameter bytes"):
+            t2.add_column(c)
+        for name, v in compare.items():
+            t2.add_row(name, f"{v['perplexity']:.3f}", f"{v['param_bytes']:,}")
+        out.print(t2)
+    return result
+
+
+def _plot_ladder(costs: Any, path: str, title: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise JaxquantError("--plot needs matplotlib: pip install matplotlib") from None
+    fig, ax = plt.subplots(figsize=(8, 0.35 * len(costs) + 1.5))
+    names = [c.group.replace("\\d+", "*").replace("\\", "") for c in costs][::-1]
+    ax.barh(names, [c.delta for c in costs][::-1])
+    ax.set_xlabel("perplexity increase")
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 COMMANDS = {"quantize": cmd_quantize, "eval": cmd_eval, "generate": cmd_generate,
-            "presets": cmd_presets}
+            "sensitivity": cmd_sensitivity, "presets": cmd_presets}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
