@@ -29,14 +29,15 @@ def minmax_range(xb: Array) -> tuple[Array, Array]:
 
 
 def percentile_range(xb: Array, percentile: float, symmetric: bool) -> tuple[Array, Array]:
-    """Symmetric: (-p, p) with p the percentile of |x|; asymmetric: the low and high percentiles."""
+    """Symmetric: (-p, p) with p the percentile of |x|; asymmetric: the low and high percentiles.
+    NaN entries (the padding of ragged last blocks) are left out."""
     flat = blocks.move_inner_last(xb)
     if symmetric:
-        a = jnp.percentile(jnp.abs(flat), percentile, axis=-1)
+        a = jnp.nanpercentile(jnp.abs(flat), percentile, axis=-1)
         return -a, a
     return (
-        jnp.percentile(flat, 100.0 - percentile, axis=-1),
-        jnp.percentile(flat, percentile, axis=-1),
+        jnp.nanpercentile(flat, 100.0 - percentile, axis=-1),
+        jnp.nanpercentile(flat, percentile, axis=-1),
     )
 
 

@@ -17,12 +17,14 @@ from jaxquant.formats.packing import pack_nibbles
 from jaxquant.formats.registry import QuantFormat, get_format
 
 
-def scales_for_range(fmt: QuantFormat, spec: ArraySpec, lo: Array, hi: Array) -> Scales:
-    """Grid-shaped block range (lo, hi) -> Scales under `fmt` and `spec`."""
+def scales_for_range(fmt: QuantFormat, spec: ArraySpec, lo: Array, hi: Array,
+                     tensor_amax: Array | None = None) -> Scales:
+    """Grid-shaped block range (lo, hi) -> Scales under `fmt` and `spec` (NVFP4: the tensor
+    scale comes from `tensor_amax` when given, else from the largest block range)."""
     if fmt.asymmetric:
         return asymmetric_scales(fmt, lo, hi, spec.scale_dtype)
     amax = jnp.maximum(jnp.abs(lo), jnp.abs(hi))
-    return symmetric_scales(fmt, amax, spec.scale_dtype, spec.double_quant)
+    return symmetric_scales(fmt, amax, spec.scale_dtype, spec.double_quant, tensor_amax)
 
 
 def quantize_with_scales(x: Array, spec: ArraySpec, sc: Scales) -> QArray:
@@ -52,7 +54,18 @@ def quantize_array(x: Array, spec: ArraySpec) -> QArray:
     """
     fmt = get_format(spec.format)
     xb = blocks.to_blocks(x.astype(jnp.float32), spec.block_shape)
+    ragged = blocks.padded_shape(x.shape, spec.block_shape) != tuple(x.shape)
+    if spec.clipping.method == "percentile" and ragged:
+        # the zero padding of ragged last blocks must not enter their percentiles: mark it NaN
+        valid = blocks.to_blocks(jnp.ones(x.shape, bool), spec.block_shape)
+        xb = jnp.where(valid, xb, jnp.nan)
     scales_fn = functools.partial(scales_for_range, fmt, spec)
+    if spec.clipping.method == "mse" and fmt.scale_kind == "nvfp4":
+        # The MSE search scores each block on its own; NVFP4's tensor scale would couple the
+        # blocks (it follows the largest clipped range), so fix it from the unclipped range:
+        # every block is then stored with exactly the scale its search chose.
+        amax = jnp.max(jnp.abs(xb))
+        scales_fn = functools.partial(scales_for_range, fmt, spec, tensor_amax=amax)
     lo, hi = block_range(xb, fmt, spec.clipping, scales_fn)
     return quantize_with_scales(x, spec, scales_fn(lo, hi))
 

@@ -39,15 +39,17 @@ def _nonzero(s: Array) -> Array:
     return jnp.where((s > 0) & jnp.isfinite(s), s, 1.0)
 
 
-def symmetric_scales(fmt: QuantFormat, amax: Array, scale_dtype: str, double_quant: bool) -> Scales:
-    """amax f32 [G] (>= 0) -> scales for a symmetric format."""
+def symmetric_scales(fmt: QuantFormat, amax: Array, scale_dtype: str, double_quant: bool,
+                     tensor_amax: Array | None = None) -> Scales:
+    """amax f32 [G] (>= 0) -> scales for a symmetric format. NVFP4 derives its tensor scale from
+    `tensor_amax` when given, else from max(amax)."""
     qmax = fmt.codec.qmax
     if fmt.scale_kind == "e8m0":
         exp = e8m0_exponent(amax, fmt.codec.emax)
         stored = e8m0_encode(exp)
         return Scales(stored, None, e8m0_decode(stored))
     if fmt.scale_kind == "nvfp4":
-        return _nvfp4_scales(amax, qmax)
+        return _nvfp4_scales(amax, qmax, tensor_amax)
     s = _nonzero(amax / qmax)
     if double_quant:
         nested = double_quantize(s)
@@ -69,9 +71,10 @@ def asymmetric_scales(fmt: QuantFormat, lo: Array, hi: Array, scale_dtype: str) 
     return Scales(stored, zp, _nonzero(stored.astype(jnp.float32)))
 
 
-def _nvfp4_scales(amax: Array, qmax: float) -> Scales:
+def _nvfp4_scales(amax: Array, qmax: float, tensor_amax: Array | None = None) -> Scales:
     """NVFP4: tensor scale = amax(tensor) / (448 * 6); block scale in E4M3 = amax / 6 / tensor scale."""
-    tensor_scale = _nonzero(jnp.max(amax) / (NVFP4_BLOCK_SCALE_MAX * qmax)).astype(jnp.float32)
+    t_amax = jnp.max(amax) if tensor_amax is None else tensor_amax
+    tensor_scale = _nonzero(t_amax / (NVFP4_BLOCK_SCALE_MAX * qmax)).astype(jnp.float32)
     block = jnp.clip(amax / qmax / tensor_scale, 0.0, NVFP4_BLOCK_SCALE_MAX)
     block_fp8 = block.astype(jnp.float8_e4m3fn)
     ones = (1,) * amax.ndim
