@@ -27,14 +27,24 @@ jaxquant.formats), without importing jaxquant, so that the tests compare two imp
                block (scale 0) or a non-finite scale becomes 1.
   dequantize   (decode(code) - zero_point) * scale, computed in f32, then cast to the output dtype.
 
-Besides the result, `reference_quantize` marks as *ambiguous* every element whose code depends on
-a rounding decision that lies within a relative distance `eps` of the decision boundary (a
-half-integer, a midpoint between two FP8/E2M1/NF4 values, ...), and every element of a block
-whose block-level decision (zero-point rounding, bf16 round-up, E4M3 block-scale cast, the int8
-code of a double-quantized scale) is that close to its boundary. jaxquant computes x / scale in
-f32 (relative error <= 2^-24) while this module computes it exactly in f64, so the two may
-legitimately pick different codes only at such near-ties. Outside the ambiguous set the codes
-and the f32 dequantized values must agree bit for bit.
+Exactness and the only tolerated differences. jaxquant works in f32 and this module in f64:
+  * element near-ties: jaxquant rounds y = x / scale (+ zero point) in f32 (relative error
+    <= 2^-24) before choosing a code. Elements whose exact y lies within a relative EPS = 2^-20
+    of a rounding boundary (a half-integer, a midpoint between two FP8 / E2M1 / NF4 values) are
+    marked ambiguous; there the codes may differ (integer codes by at most one step). MX scales
+    are powers of two, so x / 2^e is exact in both and MX elements have no such window.
+  * the f32 scale: XLA rewrites amax / qmax (a division by a constant) as amax * f32(1 / qmax),
+    so jaxquant's f32 scale may be an ulp off the correctly rounded quotient; scales are compared
+    to SCALE_ULPS = 2 ulps and dequantized values to |code| * that + 1 ulp.
+  * block-level near-ties (a zero point at x.5, an f32 scale that is exactly a bf16 value before
+    the bf16 round-up, an E4M3 block-scale midpoint, an int8 code of a double-quantized scale):
+    `reference_quantize` also computes the outcomes with the decision's input nudged by its
+    window either way (`RefQuant.variants`), and jaxquant must match one of them exactly in
+    each block (the bf16 round-up case is common with bf16 weights: amax / qmax is then often
+    exactly a bf16 value and the ulp from the reciprocal decides whether it steps up).
+  * f32 reductions (percentile interpolation, the double-quantization mean) add a relative
+    uncertainty of REDUCTION_EPS = 2^-18 to every scale derived from them.
+Outside these, codes are identical and dequantized values agree to the f32 rounding.
 """
 
 from __future__ import annotations
@@ -289,8 +299,12 @@ def e8m0_decode(code: np.ndarray) -> np.ndarray:
 
 
 def _window_differs(fn, v: np.ndarray, half_width: np.ndarray) -> np.ndarray:
-    """True where fn is not constant over [v - half_width, v, v + half_width] (a near-tie)."""
-    a, b, c = fn(v - half_width), fn(v), fn(v + half_width)
+    """True where fn is not constant over [v - half_width, v, v + half_width] (a near-tie).
+    A zero half-width is no window (v + 0 would also turn -0.0 into +0.0)."""
+    h = np.broadcast_to(half_width, np.shape(v))
+    a = fn(np.where(h > 0, v - h, v))
+    b = fn(v)
+    c = fn(np.where(h > 0, v + h, v))
     return (a != b) | (b != c)
 
 
@@ -430,10 +444,14 @@ def _elements(xb, fmt, params, shape, block, elem_eps) -> RefVariant:
     enc_scale = np.where(scale != 0, scale, 1.0)      # an underflowed scale encodes against 1
     u = xb / enc_scale[..., None]
     z = zp[..., None] if zp is not None else 0.0
-    codes_b = encode(u + z, fmt)
+
+    def enc(v):  # (no "+ 0.0" for symmetric formats: it would turn -0.0, E2M1 code 8, into +0)
+        return encode(v + z if zp is not None else v, fmt)
+
+    codes_b = enc(u)
     rel = elem_eps + params["atol"] / np.maximum(np.abs(enc_scale), 1e-300)
     half = rel[..., None] * np.abs(u) + elem_eps * np.abs(z)
-    amb_b = _window_differs(lambda v: encode(v + z, fmt), u, half)
+    amb_b = _window_differs(enc, u, half)
     vals_b = (decode(codes_b, fmt) - z) * scale[..., None]
     codes = from_blocks(codes_b, shape, block)        # padding positions are dropped
     codes = codes.astype(np.float64 if fmt in FP8_DTYPES or fmt == "mxfp8" else np.int64)
