@@ -208,3 +208,32 @@ def test_static_activation_calibration(linen_model):
     with jq.intercept():
         out = jax.jit(model.apply)(qc, IDS)
     assert _rel(out, model.apply(jq.dequantize(q), IDS)) < 0.05
+
+
+class _Dense(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(128, use_bias=False, name="proj")(x)
+
+
+@pytest.mark.parametrize("preset", ["w4a16", "w4a16-asym"])
+def test_forced_pallas_w4a16_matches_xla_path(preset):
+    """The W4A16 Pallas kernel (interpret mode on CPU) through the model's own forward."""
+    model = _Dense()
+    x = jax.random.normal(jax.random.key(1), (5, 256))
+    q = jq.quantize(model.init(jax.random.key(0), x), preset)
+    with jq.intercept(backend="xla"):
+        ref = jax.jit(model.apply)(q, x)
+    with jq.intercept(backend="pallas", report=True) as rep:
+        out = jax.jit(model.apply)(q, x)
+    assert rep.rows == [("proj", q["params"]["proj"]["kernel"].format, "pallas-w4a16")]
+    assert _rel(out, ref) < 1e-2  # the kernel runs activations in bf16
+
+
+def test_forced_pallas_on_unsupported_layer_is_a_clear_error():
+    model = _Dense()
+    x = jnp.ones((2, 200))  # K=200: ragged last group of the w4a16 preset
+    q = jq.quantize(model.init(jax.random.key(0), x), "w4a16")
+    with pytest.raises(jq.FormatError, match="not a multiple of the group size"):
+        with jq.intercept(backend="pallas"):
+            jax.jit(model.apply)(q, x)
