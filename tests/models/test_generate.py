@@ -80,20 +80,15 @@ def test_argument_errors(tiny):
                  max_new_tokens=40, max_len=128)
 
 
-def test_smollm2_greedy(smollm2):
-    a = generate_text(smollm2, "The capital of France is", max_new_tokens=6)
-    assert "Paris" in a.text, a.text
-    b = generate_text(smollm2, "The capital of France is", max_new_tokens=6)
-    assert a == b
-    # teacher-forced full forward (no cache) picks the same tokens
-    ids = smollm2.tokenizer.encode("The capital of France is")
-    logits, _ = jax.jit(smollm2.module.apply)(smollm2.params, jnp.asarray([ids + a.tokens]))
-    assert list(np.argmax(logits[0, len(ids) - 1:-1], -1)) == a.tokens
-
-
-def test_smollm2_chat_stops_at_eos(smollm2):
+def test_smollm2_chat_greedy(smollm2):
+    """Greedy chat answer: deterministic, stops at eos (<|im_end|>), and a teacher-forced full
+    forward (no cache) picks the same tokens."""
     prompt = ("<|im_start|>user\nWhat is the capital of France? Answer in one word."
               "<|im_end|>\n<|im_start|>assistant\n")
-    r = generate_text(smollm2, prompt, max_new_tokens=16)
-    assert r.stopped_at_eos and r.tokens[-1] == smollm2.tokenizer.eos_id
-    assert "Paris" in r.text and "<|im_end|>" not in r.text
+    a = generate_text(smollm2, prompt, max_new_tokens=16)
+    assert a.stopped_at_eos and a.tokens[-1] == smollm2.tokenizer.eos_id
+    assert "Paris" in a.text and "<|im_end|>" not in a.text, a.text
+    assert generate_text(smollm2, prompt, max_new_tokens=16) == a
+    ids = smollm2.tokenizer.encode(prompt)
+    logits, _ = jax.jit(smollm2.module.apply)(smollm2.params, jnp.asarray([ids + a.tokens]))
+    assert list(np.argmax(logits[0, len(ids) - 1:-1], -1)) == a.tokens

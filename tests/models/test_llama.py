@@ -82,11 +82,11 @@ TINY = {
 def tiny_model(cfg: LlamaConfig, seed: int = 0):
     """Llama with random params; norm scales away from 1 so they are exercised."""
     module = Llama(cfg)
-    params = module.init(jax.random.key(seed), jnp.zeros((1, 4), jnp.int32))
-    leaves, treedef = jax.tree_util.tree_flatten(params)
-    keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
-    leaves = [0.3 * jax.random.normal(k, x.shape) + (1.0 if x.ndim == 1 else 0.0)
-              for k, x in zip(keys, leaves)]
+    shapes = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1, 4), jnp.int32))
+    leaves, treedef = jax.tree_util.tree_flatten(shapes)
+    rng = np.random.default_rng(seed)
+    leaves = [jnp.asarray(0.3 * rng.normal(size=x.shape) + (1.0 if x.ndim == 1 else 0.0),
+                          jnp.float32) for x in leaves]
     return module, jax.tree_util.tree_unflatten(treedef, leaves)
 
 
