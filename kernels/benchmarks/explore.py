@@ -71,17 +71,13 @@ def w4_variants(M, K, N):
             ("convert", base.replace(dequant="convert")),
             ("nopf_st1", base.replace(prefetch=False, num_stages=1)),
             ("nopf_st3", base.replace(prefetch=False, num_stages=3)),
-            ("pf_st2", base.replace(num_stages=2)),
             ("swap", base.replace(swap_ab=True)),
             ("bn256w8", base.replace(block_n=256, num_warps=8)),
-            ("bn256w4", base.replace(block_n=256)),
             ("bk512", base.replace(block_k=512)),
-            ("bk128", base.replace(block_k=128)),
             ("s2x", base.replace(split_k=s * 2)),
             ("shalf", base.replace(split_k=max(1, s // 2))),
             ("bn64", base.replace(block_n=64, split_k=max(1, s // 2))),
             ("w8", base.replace(num_warps=8)),
-            ("w2", base.replace(num_warps=2)),
         ]
     else:
         v += [
@@ -200,6 +196,141 @@ def run_fp8(sizes, dl):
         del wkn, wnk, wt, wb
 
 
+def decode2_variants(M, K, N):
+    from jaxquant.kernels.w4a16.config import fit_split_k
+    sms = num_sms()
+    base = default_config(M, K, N, 128, sms=sms)
+    out = [("default", base),
+           ("nopf_st1", base.replace(prefetch=False)),
+           ("nopf_s2x", base.replace(prefetch=False, split_k=base.split_k * 2)),
+           ("nopf_s2x_atomic", base.replace(prefetch=False, split_k=base.split_k * 2, reduce="atomic"))]
+    for bn in (32, 64, 128):
+        for bk in (64, 128):
+            for w in (2, 4):
+                n_blocks = cdiv(N, bn)
+                n_iter = cdiv(K, bk)
+                s = max(1, min(n_iter // 2, (8 * sms) // n_blocks))
+                c = W4A16Config(16, bn, bk, s, w, 1, False, "asm", "epilogue")
+                out.append((f"bn{bn}bk{bk}w{w}s{s}", c))
+                if bn == 64 and w == 4:
+                    out.append((f"bn{bn}bk{bk}w{w}s{s}_st2", c.replace(num_stages=2)))
+                    out.append((f"bn{bn}bk{bk}w{w}s{s}_atom", c.replace(reduce="atomic")))
+                    out.append((f"bn{bn}bk{bk}w{w}s{s}_swap", c.replace(swap_ab=True)))
+                    out.append((f"bn{bn}bk{bk}w{w}s{s}_pf", c.replace(prefetch=True)))
+    return [(n, c.replace(split_k=fit_split_k(M, K, N, c))) for n, c in out]
+
+
+def run_decode2(shapes, Ms, dl):
+    key = jax.random.key(0)
+    g = 128
+    for K, N in shapes:
+        R = H.pick_r(K * N * 2)
+        keys = jax.random.split(jax.random.fold_in(key, K * 7 + N), R)
+        ws = [int4_weights(k, K, N, g) for k in keys]
+        wb = [jax.random.normal(k, (K, N), jnp.bfloat16) for k in keys]
+        W64 = host_dequant64(ws[0], K, g)
+        for M in Ms:
+            if not dl.ok(20):
+                return
+            x = jax.random.normal(jax.random.fold_in(key, M), (M, K), jnp.bfloat16)
+            rows = check_rows(M)
+            ref = np.asarray(x.astype(jnp.float32), np.float64)[rows] @ W64
+            bf = lambda x, w: jnp.dot(x, w, preferred_element_type=jnp.float32).astype(x.dtype)
+            t_bf, _, _ = H.time_fn(bf, x, wb)
+            d_bf, br_bf = H.device_time(bf, x, wb)
+            log(dict(kind="d2base", M=M, K=K, N=N, R=R, bf16_us=t_bf, bf16_dev=d_bf, brk=str(br_bf)))
+            for name, cfg in decode2_variants(M, K, N):
+                if not dl.ok(8):
+                    return
+                fn = lambda x, w, cfg=cfg: w4a16_matmul_triton(x, w, group_size=g, config=cfg, interpret=INTERP)
+                try:
+                    t, sp, o = H.time_fn(fn, x, ws)
+                    err = H.rel_err(np.asarray(o.astype(jnp.float32))[rows], ref)
+                    d, brk = H.device_time(fn, x, ws)
+                    log(dict(kind="d2", name=name, M=M, K=K, N=N, us=t, dev=d, err=err,
+                             x_bf16=t_bf / t, brk=str({k[:40]: round(v, 2) for k, v in brk.items()})))
+                except Exception as e:  # noqa: BLE001
+                    log(dict(kind="d2", name=name, M=M, K=K, N=N, error=repr(e)[:400]))
+        del ws, wb
+
+
+def run_prefill2(dl):
+    from jaxquant.kernels.w4a16.pallas_triton import dequantize_triton
+    key = jax.random.key(3)
+    g = 128
+    K = N = 8192
+    R = 12
+    keys = jax.random.split(key, R)
+    ws = [int4_weights(k, K, N, g) for k in keys]
+    wb = [jax.random.normal(k, (K, N), jnp.bfloat16) for k in keys]
+    W64 = host_dequant64(ws[0], K, g)
+    x0 = jnp.zeros((1, K), jnp.bfloat16)
+    for dq in ("asm", "bits"):
+        fn = lambda x, w, dq=dq: dequantize_triton(w, K, group_size=g, dequant=dq)
+        t, _, o = H.time_fn(fn, x0, ws)
+        d, brk = H.device_time(fn, x0, ws)
+        exact = bool(np.array_equal(np.asarray(o.astype(jnp.float32), np.float64), W64.astype(np.float32).astype(jnp.bfloat16).astype(np.float64)))
+        log(dict(kind="dequant", dq=dq, us=t, dev=d, gbps=(K * N * 2.5) / d / 1e3, exact=exact))
+    for M in (128, 1024, 8192):
+        if not dl.ok(30):
+            return
+        x = jax.random.normal(jax.random.fold_in(key, M), (M, K), jnp.bfloat16)
+        rows = check_rows(M)
+        ref = np.asarray(x.astype(jnp.float32), np.float64)[rows] @ W64
+        bf = lambda x, w: jnp.dot(x, w, preferred_element_type=jnp.float32).astype(x.dtype)
+        t_bf, _, _ = H.time_fn(bf, x, wb)
+        base = default_config(M, K, N, g)
+        vs = [("hybrid", W4A16Config(mode="dequant_dot")),
+              ("pf_bk128", base.replace(prefetch=True, num_stages=1, block_k=128)),
+              ("pf_bk128_bn256", base.replace(prefetch=True, num_stages=1, block_k=128, block_n=256)),
+              ("pf_bk128_epi", base.replace(prefetch=True, num_stages=1, block_k=128, scale_mode="epilogue"))]
+        if M == 128:
+            vs += [("m128_s2_bn64", W4A16Config(128, 64, 128, 2, 4, 1, True, "asm", "weight")),
+                   ("m128_s4_bn64", W4A16Config(128, 64, 128, 4, 4, 1, True, "asm", "weight")),
+                   ("m128_s2_bn128w8", W4A16Config(128, 128, 128, 2, 8, 1, True, "asm", "weight")),
+                   ("m64x2_bn64s2", W4A16Config(64, 64, 128, 2, 4, 1, True, "asm", "weight")),
+                   ("m128_s4_bn64_swap", W4A16Config(128, 64, 128, 4, 4, 1, True, "asm", "weight", True))]
+        for name, cfg in vs:
+            if not dl.ok(15):
+                return
+            fn = lambda x, w, cfg=cfg: w4a16_matmul_triton(x, w, group_size=g, config=cfg)
+            try:
+                t, sp, o = H.time_fn(fn, x, ws)
+                err = H.rel_err(np.asarray(o.astype(jnp.float32))[rows], ref)
+                d, brk = H.device_time(fn, x, ws)
+                log(dict(kind="p2", name=name, M=M, us=t, dev=d, err=err, x_bf16=t_bf / t, bf16_us=t_bf,
+                         brk=str({k[:40]: round(v, 1) for k, v in brk.items()})))
+            except Exception as e:  # noqa: BLE001
+                log(dict(kind="p2", name=name, M=M, error=repr(e)[:400]))
+
+
+def run_fp8b(dl):
+    key = jax.random.key(1)
+    S = 8192
+    M = K = N = S
+    R = 12
+    keys = jax.random.split(key, R)
+    wq = [jax.random.normal(k, (N, K), jnp.float32).astype(jnp.float8_e4m3fn) for k in keys]
+    wnk = [Fp8Weights(w, jnp.full((N,), 0.01, jnp.float32), "nk") for w in wq]
+    x = jax.random.normal(key, (M, K), jnp.bfloat16)
+    pc = lambda x, w: FR.fp8_matmul_reference(x, w)
+    d, brk = H.device_time(pc, x, wnk, iters=2)
+    log(dict(kind="fp8b", name="xla_pc_nk", dev=d, brk=str(brk)))
+    for name, cfg in [("128x256k128w8s3g8", Fp8Config(128, 256, 128, 8, 8, 3)),
+                      ("128x256k128w8s3g16", Fp8Config(128, 256, 128, 16, 8, 3)),
+                      ("128x256k64w8s5", Fp8Config(128, 256, 64, 8, 8, 5)),
+                      ("256x128k64w8s4", Fp8Config(256, 128, 64, 8, 8, 4)),
+                      ("128x128k256w4s3", Fp8Config(128, 128, 256, 8, 4, 3))]:
+        if not dl.ok(15):
+            return
+        fn = lambda x, w, cfg=cfg: fp8_matmul_triton(*FR.quantize_per_token(x), w, config=cfg)
+        try:
+            d, brk = H.device_time(fn, x, wnk, iters=2)
+            log(dict(kind="fp8b", name=name, dev=d, tflops=2 * M * N * K / d / 1e6, brk=str({k[:40]: round(v, 1) for k, v in brk.items()})))
+        except Exception as e:  # noqa: BLE001
+            log(dict(kind="fp8b", name=name, error=repr(e)[:400]))
+
+
 def main(argv):
     what = argv or ["w4", "fp8", "prefill"]
     dl = H.Deadline(float(os.environ.get("BUDGET_S", "520")))
@@ -207,17 +338,30 @@ def main(argv):
     print("device", dev.device_kind, "jax", jax.__version__, "sms", num_sms(), flush=True)
     bw = H.copy_bandwidth(1 << 24 if SMALL else 2 << 30)
     log(dict(kind="bw", device=dev.device_kind, jax=jax.__version__, copy_TBps=bw / 1e12))
+    if SMALL and "decode2" in what:
+        run_decode2([(512, 256)], [1], dl)
+        return
     if SMALL:
         run_w4([(512, 256)], [1, 16], dl, quick=True)
         run_fp8([256], dl)
         run_w4([(256, 256)], [128], dl, quick=True)
         return
+    if "decode2" in what:
+        run_decode2([(8192, 8192)], [1, 16], dl)
+    if "prefill2" in what:
+        run_prefill2(dl)
+    if "decode2b" in what:
+        run_decode2([(4096, 4096)], [1, 16], dl)
+    if "fp8b" in what:
+        run_fp8b(dl)
     if "w4" in what:
-        run_w4([(8192, 8192), (4096, 4096)], [1, 16], dl)
+        run_w4([(8192, 8192)], [1, 16], dl)
     if "fp8" in what:
         run_fp8([4096, 8192], dl)
     if "prefill" in what:
         run_w4([(8192, 8192)], [128, 1024, 8192], dl)
+    if "w4" in what:
+        run_w4([(4096, 4096)], [1, 16], dl)
     if "w4more" in what:
         run_w4([(4096, 14336), (14336, 4096)], [1, 16], dl, quick=False)
 

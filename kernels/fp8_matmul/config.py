@@ -62,3 +62,25 @@ def default_config(M: int, K: int, N: int, *, sms: int = 132) -> Fp8Config:
     if M <= 256:
         return Fp8Config(64 if M <= 64 else 128, 128, 128, 8, 4, 4)
     return Fp8Config(128, 256, 128, 8, 8, 3)
+
+
+def candidates(M: int, K: int, N: int, *, sms: int = 132) -> list[Fp8Config]:
+    base = default_config(M, K, N, sms=sms)
+    out = [base]
+    if M > 256:
+        out += [
+            base.replace(num_stages=4),
+            Fp8Config(128, 128, 128, 8, 4, 4),
+            Fp8Config(128, 256, 64, 8, 8, 4),
+            Fp8Config(256, 128, 128, 8, 8, 3),
+        ]
+    seen, uniq = set(), []
+    for c in out:
+        if c not in seen:
+            seen.add(c)
+            uniq.append(c)
+    return uniq
+
+
+def shape_key(M: int, K: int, N: int, layout: str) -> str:
+    return f"M{min(next_pow2(M), 8192)}_K{K}_N{N}_{layout}"

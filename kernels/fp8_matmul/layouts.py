@@ -45,8 +45,7 @@ def prepare_fp8_weights(w: Any) -> Fp8Weights:
     w = as_fp8_weights(w)
     if w.layout == LAYOUT_NK:
         return w
-    return Fp8Weights(jnp.asarray(w.qvalue).T.copy() if hasattr(w.qvalue, "copy") else w.qvalue.T,
-                      w.scale, LAYOUT_NK)
+    return Fp8Weights(jnp.asarray(w.qvalue).T, w.scale, LAYOUT_NK)
 
 
 def as_fp8_weights(weights: Any) -> Fp8Weights:

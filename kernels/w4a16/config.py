@@ -30,6 +30,10 @@ class W4A16Config:
       partial result is scaled, exact products) or "weight" (scale the bf16 weight tile,
       then one accumulating dot).
     swap_ab: compute the transposed product (weights as the MMA's A operand).
+    mode: "fused" (the kernel above) or "dequant_dot" (prefill: a Pallas kernel writes the
+      bf16 weight once at full bandwidth, then XLA's bf16 dot (cuBLAS) runs on it).
+    reduce: how split-K partials are combined: "xla" (float32 partials [S, M, N], one XLA
+      reduction) or "atomic" (float32 atomic adds into a zeroed [M, N] buffer, then a cast).
     """
 
     block_m: int = 16
@@ -42,6 +46,8 @@ class W4A16Config:
     dequant: str = "asm"
     scale_mode: str = "epilogue"
     swap_ab: bool = False
+    mode: str = "fused"
+    reduce: str = "xla"
 
     def __post_init__(self):
         for name in ("block_m", "block_n", "block_k"):
@@ -63,6 +69,10 @@ class W4A16Config:
             raise ValueError(f"W4A16Config.num_stages must be in 1..8, got {self.num_stages!r}")
         if self.dequant not in DEQUANT_MODES:
             raise ValueError(f"W4A16Config.dequant must be one of {DEQUANT_MODES}, got {self.dequant!r}")
+        if self.reduce not in ("xla", "atomic"):
+            raise ValueError(f"W4A16Config.reduce must be 'xla' or 'atomic', got {self.reduce!r}")
+        if self.mode not in ("fused", "dequant_dot"):
+            raise ValueError(f"W4A16Config.mode must be 'fused' or 'dequant_dot', got {self.mode!r}")
         if self.scale_mode not in SCALE_MODES:
             raise ValueError(
                 f"W4A16Config.scale_mode must be one of {SCALE_MODES}, got {self.scale_mode!r}"
@@ -130,3 +140,37 @@ def default_config(M: int, K: int, N: int, group_size: int, *, sms: int = 132, o
             s = max(1, min(cdiv(2 * sms, tiles), cdiv(K, bk) // 4))
         cfg = W4A16Config(bm, bn, bk, s, 8, 3, False, dequant, "weight")
     return cfg.replace(split_k=fit_split_k(M, K, N, cfg))
+
+
+def candidates(M: int, K: int, N: int, group_size: int, *, sms: int = 132) -> list[W4A16Config]:
+    """The autotuner's small sweep around the heuristic default."""
+    base = default_config(M, K, N, group_size, sms=sms)
+    out = [base]
+    if M <= 16:
+        s = base.split_k
+        out += [
+            base.replace(split_k=s * 2),
+            base.replace(split_k=max(1, s // 2)),
+            base.replace(block_n=256, num_warps=8),
+            base.replace(block_k=512),
+            base.replace(prefetch=False, num_stages=3),
+        ]
+    else:
+        out += [
+            base.replace(block_n=256),
+            base.replace(num_stages=4),
+            base.replace(num_warps=4),
+            base.replace(block_k=128),
+        ]
+    seen, uniq = set(), []
+    for c in out:
+        c = c.replace(split_k=fit_split_k(M, K, N, c))
+        if c not in seen:
+            seen.add(c)
+            uniq.append(c)
+    return uniq
+
+
+def shape_key(M: int, K: int, N: int, group_size: int, asym: bool) -> str:
+    mb = min(next_pow2(M), 8192)
+    return f"M{mb}_K{K}_N{N}_g{group_size}_{'asym' if asym else 'sym'}"

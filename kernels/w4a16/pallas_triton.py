@@ -124,7 +124,9 @@ def _dequant_convert(q, z, sym: bool):
 
 
 def _kernel(x_ref, q_ref, s_ref, *rest, M, K, N, G, group, cfg: W4A16Config, asym: bool,
-            dequant: str, n_iter: int, ipp: int, split: int):
+            dequant: str, n_iter: int, ipp: int, split: int, atomic: bool):
+    if atomic:
+        rest = rest[:-2] + rest[-1:]  # the zeroed input aliases the output
     if asym:
         z_ref, o_ref = rest
     else:
@@ -264,6 +266,13 @@ def _kernel(x_ref, q_ref, s_ref, *rest, M, K, N, G, group, cfg: W4A16Config, asy
         om = m_mask
     if need_n:
         om = _and(om, n_mask)
+    if atomic:
+        o_idx = (pl.ds(m0, BM), pl.ds(n0, BN))
+        if om is None:
+            plgpu.atomic_add(o_ref, o_idx, acc)
+        else:
+            plgpu.atomic_add(o_ref, o_idx, acc, mask=jnp.broadcast_to(om, (BM, BN)))
+        return
     if split == 1:
         val = acc.astype(o_ref.dtype)
         o_idx = (pl.ds(m0, BM), pl.ds(n0, BN))
@@ -276,6 +285,63 @@ def _kernel(x_ref, q_ref, s_ref, *rest, M, K, N, G, group, cfg: W4A16Config, asy
         plgpu.store(o_ref.at[o_idx], val, mask=jnp.broadcast_to(om, (BM, BN)))
 
 
+def _dequant_kernel(q_ref, s_ref, *rest, Kp, N, G, group, BR, BN, asym, dequant):
+    if asym:
+        z_ref, o_ref = rest
+    else:
+        (o_ref,) = rest
+    r0 = pl.program_id(0) * BR
+    n0 = pl.program_id(1) * BN
+    rows = r0 + lax.broadcasted_iota(jnp.int32, (BR, 1), 0)
+    cols = n0 + lax.broadcasted_iota(jnp.int32, (1, BN), 1)
+    mask = (rows < Kp) & (cols < N)
+    q = plgpu.load(q_ref.at[pl.ds(r0, BR), pl.ds(n0, BN)], mask=mask, other=0)
+    gi = (2 * r0) // group
+    smask = cols < N
+    s = plgpu.load(s_ref.at[pl.ds(gi, 1), pl.ds(n0, BN)], mask=smask, other=0).astype(jnp.float32)
+    if asym:
+        z = plgpu.load(z_ref.at[pl.ds(gi, 1), pl.ds(n0, BN)], mask=smask, other=0)
+        zoff = (z.astype(jnp.float32) + 128.0).astype(jnp.bfloat16)
+    else:
+        zoff = jnp.bfloat16(136.0)
+    if dequant == "asm":
+        lo, hi = _dequant_asm(q, zoff, not asym)
+    elif dequant == "bits":
+        lo, hi = _dequant_bits(q, zoff, not asym)
+    else:
+        lo, hi = _dequant_convert(q, None if not asym else z.astype(jnp.int32), not asym)
+    lo = (lo.astype(jnp.float32) * s).astype(o_ref.dtype)
+    hi = (hi.astype(jnp.float32) * s).astype(o_ref.dtype)
+    m3 = mask.reshape(BR, 1, BN)
+    plgpu.store(o_ref.at[pl.ds(r0, BR), pl.ds(0, 1), pl.ds(n0, BN)], lo.reshape(BR, 1, BN), mask=m3)
+    plgpu.store(o_ref.at[pl.ds(r0, BR), pl.ds(1, 1), pl.ds(n0, BN)], hi.reshape(BR, 1, BN), mask=m3)
+
+
+def dequantize_triton(w: Int4Weights, k: int, *, group_size: int, dtype=jnp.bfloat16,
+                      dequant: str = "asm", block_n: int = 256, interpret: bool = False) -> jax.Array:
+    """Canonical Int4Weights -> W [K, N] in `dtype` (one pass at memory bandwidth)."""
+    Kp, N = w.qvalue.shape
+    G = w.scale.shape[0]
+    if interpret and dequant == "asm":
+        dequant = "bits"
+    BR = min(group_size & -group_size, 128) // 2
+    BN = min(block_n, max(16, 1 << (N - 1).bit_length()))
+    asym = w.zero_point is not None
+    kernel = functools.partial(_dequant_kernel, Kp=Kp, N=N, G=G, group=group_size, BR=BR, BN=BN,
+                               asym=asym, dequant=dequant)
+    args = [w.qvalue, w.scale] + ([w.zero_point] if asym else [])
+    out = pl.pallas_call(
+        kernel,
+        out_shape=jax.ShapeDtypeStruct((Kp, 2, N), dtype),
+        grid=(cdiv(Kp, BR), cdiv(N, BN)),
+        compiler_params=plgpu.CompilerParams(num_warps=4, num_stages=1),
+        interpret=interpret,
+        name="w4a16_dequantize",
+    )(*args)
+    out = out.reshape(2 * Kp, N)
+    return out if 2 * Kp == k else out[:k]
+
+
 def w4a16_matmul_triton(x: jax.Array, w: Int4Weights, *, group_size: int, config: W4A16Config,
                         interpret: bool = False) -> jax.Array:
     """x [M, K] bf16, canonical Int4Weights -> [M, N] bf16. Shapes are assumed validated."""
@@ -283,6 +349,10 @@ def w4a16_matmul_triton(x: jax.Array, w: Int4Weights, *, group_size: int, config
     N = w.qvalue.shape[1]
     G = w.scale.shape[0]
     cfg = config
+    if cfg.mode == "dequant_dot":
+        wd = dequantize_triton(w, K, group_size=group_size, dtype=x.dtype, dequant=cfg.dequant,
+                               interpret=interpret)
+        return jnp.dot(x, wd, preferred_element_type=jnp.float32).astype(x.dtype)
     if not interpret and cfg.dequant == "asm":
         dequant = "asm"
     else:
@@ -291,24 +361,33 @@ def w4a16_matmul_triton(x: jax.Array, w: Int4Weights, *, group_size: int, config
     n_iter = cdiv(K, cfg.block_k)
     ipp = cdiv(n_iter, split)
     asym = w.zero_point is not None
+    atomic = split > 1 and cfg.reduce == "atomic" and not interpret  # masked atomics: GPU only
     grid = (cdiv(N, cfg.block_n), cdiv(M, cfg.block_m), split)
     kernel = functools.partial(
         _kernel, M=M, K=K, N=N, G=G, group=group_size, cfg=cfg, asym=asym, dequant=dequant,
-        n_iter=n_iter, ipp=ipp, split=split,
+        n_iter=n_iter, ipp=ipp, split=split, atomic=atomic,
     )
-    if split == 1:
+    args = [x, w.qvalue, w.scale] + ([w.zero_point] if asym else [])
+    aliases = {}
+    if atomic:
+        out_shape = jax.ShapeDtypeStruct((M, N), jnp.float32)
+        args.append(jnp.zeros((M, N), jnp.float32))
+        aliases = {len(args) - 1: 0}
+    elif split == 1:
         out_shape = jax.ShapeDtypeStruct((M, N), x.dtype)
     else:
         out_shape = jax.ShapeDtypeStruct((split * M, N), jnp.float32)
-    args = [x, w.qvalue, w.scale] + ([w.zero_point] if asym else [])
     out = pl.pallas_call(
         kernel,
         out_shape=out_shape,
         grid=grid,
+        input_output_aliases=aliases,
         compiler_params=plgpu.CompilerParams(num_warps=cfg.num_warps, num_stages=cfg.num_stages),
         interpret=interpret,
         name=f"w4a16_m{cfg.block_m}n{cfg.block_n}k{cfg.block_k}s{split}",
     )(*args)
-    if split > 1:
+    if atomic:
+        out = out.astype(x.dtype)
+    elif split > 1:
         out = out.reshape(split, M, N).sum(axis=0).astype(x.dtype)
     return out

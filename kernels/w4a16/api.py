@@ -1,0 +1,128 @@
+"""Public W4A16 matmul: bf16 activations x int4 group-quantized weights -> bf16."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxquant.kernels import autotune
+from jaxquant.kernels._common import KernelArgumentError, UnsupportedShapeError, gpu_info, num_sms
+from jaxquant.kernels.w4a16 import config as C
+from jaxquant.kernels.w4a16.layouts import LAYOUT_CANONICAL, Int4Weights, as_int4_weights, validate
+from jaxquant.kernels.w4a16.reference import w4a16_matmul_reference
+
+IMPLEMENTATIONS = (None, "xla", "triton", "mosaic_gpu")
+OP = "w4a16"
+
+
+def triton_supported(M: int, K: int, N: int, group_size: int, layout: str = LAYOUT_CANONICAL) -> str | None:
+    """None if the Pallas-Triton kernel handles the call, else the reason it does not."""
+    if not C.supports(group_size):
+        return f"group_size={group_size} is not a multiple of 32"
+    if layout != LAYOUT_CANONICAL:
+        return f"layout {layout!r} is not read by the Triton kernel"
+    if M * K >= 2**31 or N * K >= 2**32 or M * N >= 2**31:
+        return "array too large for 32-bit offsets"
+    return None
+
+
+def _pick_config(M, K, N, group_size, w: Int4Weights, x, tune: bool | None, interpret: bool):
+    key = autotune.make_key(OP, C.shape_key(M, K, N, group_size, w.asymmetric))
+    sms = num_sms()
+    if interpret:
+        return C.default_config(M, K, N, group_size, sms=sms, on_gpu=False)
+    hit = autotune.lookup(key)
+    if hit is not None and not (tune is True):
+        try:
+            cfg = C.W4A16Config.from_dict(hit)
+            return cfg.replace(split_k=C.fit_split_k(M, K, N, cfg))
+        except (TypeError, ValueError):
+            pass
+    if tune or (tune is None and autotune.tuning_enabled()):
+        from jaxquant.kernels.w4a16.pallas_triton import w4a16_matmul_triton
+
+        k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+        xs = jax.random.normal(k1, (M, K), jnp.bfloat16)
+        G = w.scale.shape[0]
+        ws = Int4Weights(
+            jax.random.bits(k2, w.qvalue.shape, jnp.uint8),
+            jax.random.uniform(k3, (G, N), jnp.float32, 0.002, 0.02).astype(w.scale.dtype),
+            None if w.zero_point is None else jnp.full((G, N), 8, jnp.uint8),
+        )
+        ref = np.asarray(w4a16_matmul_reference(xs, ws, group_size=group_size).astype(jnp.float32))
+
+        def build(cfg):
+            f = jax.jit(lambda a, b: w4a16_matmul_triton(a, b, group_size=group_size, config=cfg))
+            return lambda: f(xs, ws)
+
+        def check(out):
+            o = np.asarray(out.astype(jnp.float32))
+            return bool(np.linalg.norm(o - ref) <= 2e-2 * np.linalg.norm(ref))
+
+        best = autotune.tune(key, C.candidates(M, K, N, group_size, sms=sms), build, check)
+        if best is not None:
+            return best
+    return C.default_config(M, K, N, group_size, sms=sms)
+
+
+def w4a16_matmul(
+    x: jax.Array,
+    weights: Any,
+    *,
+    group_size: int,
+    implementation: str | None = None,
+    config: C.W4A16Config | None = None,
+    tune: bool | None = None,
+    interpret: bool | None = None,
+) -> jax.Array:
+    """x [..., K] bf16 @ W (int4, group-wise along K) -> [..., N] bf16 (float32 accumulation).
+
+    weights: Int4Weights, (qvalue, scale[, zero_point]), or an object with those attributes
+      (jaxquant QArray); canonical layout, see kernels/w4a16/layouts.py.
+    implementation: None (Pallas-Triton on an NVIDIA GPU when the shape is supported, XLA
+      otherwise), "xla" (dequantize + dot), "triton" (the Pallas kernel; interpret mode off
+      GPU unless interpret=False), "mosaic_gpu" (not provided: raises).
+    config: a W4A16Config to force; otherwise the autotune cache, then heuristics.
+    tune: True sweeps candidate configs for this shape now (cached); None follows
+      JAXQUANT_AUTOTUNE.
+    """
+    if implementation not in IMPLEMENTATIONS:
+        raise KernelArgumentError(
+            f"implementation={implementation!r}; use one of {IMPLEMENTATIONS}"
+        )
+    w = as_int4_weights(weights)
+    x = jnp.asarray(x)
+    M, K, N, _ = validate(x.shape, x.dtype, w, group_size)
+    lead = x.shape[:-1]
+    x2 = x.reshape(M, K)
+
+    if implementation == "mosaic_gpu":
+        raise NotImplementedError(
+            "w4a16_matmul: no Mosaic GPU kernel is provided; use implementation='triton' (the "
+            "Pallas-Triton kernel, Hopper included) or None"
+        )
+    impl = implementation
+    if impl is None:
+        on_gpu = gpu_info() is not None and gpu_info()[2] >= 80
+        impl = "triton" if on_gpu and triton_supported(M, K, N, group_size, w.layout) is None else "xla"
+    if M == 0 or N == 0:
+        return jnp.zeros((*lead, N), x.dtype)
+    if impl == "xla":
+        out = w4a16_matmul_reference(x2, w, group_size=group_size)
+        return out.reshape(*lead, N)
+
+    reason = triton_supported(M, K, N, group_size, w.layout)
+    if reason is not None:
+        raise UnsupportedShapeError(
+            f"w4a16_matmul(implementation='triton'): {reason}; use implementation=None or 'xla'"
+        )
+    if interpret is None:
+        interpret = gpu_info() is None
+    from jaxquant.kernels.w4a16.pallas_triton import w4a16_matmul_triton
+
+    cfg = config if config is not None else _pick_config(M, K, N, group_size, w, x2, tune, interpret)
+    out = w4a16_matmul_triton(x2, w, group_size=group_size, config=cfg, interpret=interpret)
+    return out.reshape(*lead, N)
