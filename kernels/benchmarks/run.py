@@ -1,0 +1,94 @@
+"""Benchmark of all kernels on the shapes of their arg_specs; prints a table and writes
+kernels/benchmarks/results/<YYYY-MM-DD>-<device>.json (or $OUT/... when OUT is set).
+
+    pip install -e . --no-deps --no-build-isolation -q   # or PYTHONPATH with jaxquant.kernels
+    PYTHONUNBUFFERED=1 python -m jaxquant.kernels.benchmarks.run [w4a16] [fp8] [--quick]
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+import traceback
+
+import jax
+
+from jaxquant.kernels.benchmarks import harness as H
+
+COLS = ("kernel", "M", "K", "N", "group", "us", "xla_bf16_us", "xla_format_us", "floor_us",
+        "vs_bf16", "vs_xla_format", "pct_floor", "max_rel_err", "dev_us")
+
+
+def fmt_row(r):
+    out = []
+    for c in COLS:
+        v = r.get(c, "")
+        out.append(f"{v:.3g}" if isinstance(v, float) else str(v))
+    return " | ".join(out)
+
+
+def main(argv):
+    ops = [a for a in argv if not a.startswith("--")] or ["w4a16", "fp8"]
+    dl = H.Deadline(float(os.environ.get("BUDGET_S", "540")))
+    dev = jax.devices()[0]
+    kind = str(dev.device_kind).replace(" ", "_")
+    date = datetime.date.today().isoformat()
+    root = os.environ.get("OUT") or os.path.join(os.path.dirname(__file__), "results")
+    path = os.path.join(root, f"{date}-{kind}.json")
+    bw = H.copy_bandwidth(1 << 24 if "--small" in argv else 2 << 30)
+    meta = dict(kernel="_meta", device=dev.device_kind, jax=jax.__version__, copy_TBps=bw / 1e12,
+                method="R distinct weights per jitted call (R>=12), warm-up, median of 10 wall-clock "
+                       "calls / R; dev_us = summed GPU kernel time per matmul from a profiler trace; "
+                       "errors vs float64 on <=16 rows")
+    rows = [meta]
+    print(f"device {dev.device_kind}, jax {jax.__version__}, copy {bw / 1e12:.2f} TB/s", flush=True)
+    print(" | ".join(COLS), flush=True)
+    if "w4a16" in ops:
+        from jaxquant.kernels.w4a16 import arg_specs, bench
+
+        shapes = arg_specs.BENCH_SHAPES
+        if "--decode" in argv:
+            shapes = arg_specs.DECODE_SHAPES
+        if "--small" in argv:
+            shapes = arg_specs.TEST_SHAPES
+        by_kn = {}
+        for m, k, n, g in shapes:
+            by_kn.setdefault((k, n, g), []).append(m)
+        for (k, n, g), ms in by_kn.items():
+            if not dl.ok(30):
+                break
+            ss = bench.ShapeSet(k, n, g)
+            for m in ms:
+                if not dl.ok(20):
+                    break
+                try:
+                    r = bench.bench_shape(ss, m, bw)
+                except Exception as e:  # noqa: BLE001
+                    traceback.print_exc()
+                    r = dict(kernel="w4a16", M=m, K=k, N=n, group=g, error=repr(e)[:500])
+                rows.append(r)
+                print(fmt_row(r), flush=True)
+                H.write_json(path, rows)
+            del ss
+    if "fp8" in ops:
+        from jaxquant.kernels.fp8_matmul import arg_specs, bench
+
+        for m, k, n in (arg_specs.TEST_SHAPES if "--small" in argv else arg_specs.BENCH_SHAPES):
+            for impl in (None, "triton"):
+                if not dl.ok(40):
+                    break
+                try:
+                    r = bench.bench_shape(m, k, n, bw, implementation=impl)
+                except Exception as e:  # noqa: BLE001
+                    traceback.print_exc()
+                    r = dict(kernel="fp8_matmul", M=m, K=k, N=n, error=repr(e)[:500])
+                rows.append(r)
+                print(fmt_row(r), flush=True)
+                H.write_json(path, rows)
+    H.write_json(path, rows)
+    print("wrote", path)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

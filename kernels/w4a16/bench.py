@@ -1,0 +1,82 @@
+"""Benchmark of one W4A16 shape: the kernel (api default path) vs XLA's bf16 dot and XLA's
+int4 dequantize+dot, following shared/GPU_METHOD.md (see kernels/benchmarks/harness.py)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxquant.kernels._common import cdiv
+from jaxquant.kernels.benchmarks import harness as H
+from jaxquant.kernels.w4a16.api import w4a16_matmul
+from jaxquant.kernels.w4a16.layouts import Int4Weights
+from jaxquant.kernels.w4a16.reference import w4a16_matmul_reference
+
+BF16_PEAK = 989e12  # H100 SXM dense bf16 (datasheet); floors use max(bytes/BW, flops/peak)
+
+
+def make_weights(key, K, N, g, asym=False):
+    kq, ks, kz = jax.random.split(key, 3)
+    G = cdiv(K, g)
+    q = jax.random.bits(kq, (cdiv(K, 2), N), jnp.uint8)
+    s = jax.random.uniform(ks, (G, N), jnp.float32, 0.002, 0.02).astype(jnp.bfloat16)
+    z = jax.random.randint(kz, (G, N), 0, 16).astype(jnp.uint8) if asym else None
+    return Int4Weights(q, s, z)
+
+
+def host_dequant64(w: Int4Weights, K, g):
+    q = np.asarray(w.qvalue)
+    codes = np.stack([q & 0xF, q >> 4], axis=1).reshape(-1, q.shape[1])[:K].astype(np.int64)
+    gi = np.arange(K) // g
+    if w.zero_point is None:
+        v = np.where(codes >= 8, codes - 16, codes)
+    else:
+        v = codes - np.asarray(w.zero_point).astype(np.int64)[gi]
+    return v.astype(np.float64) * np.asarray(w.scale.astype(jnp.float32), np.float64)[gi]
+
+
+def floor_us(M, K, N, g, bw):
+    nbytes = K * N // 2 + cdiv(K, g) * N * 2 + M * K * 2 + M * N * 2
+    return max(nbytes / bw, 2 * M * K * N / BF16_PEAK) * 1e6
+
+
+class ShapeSet:
+    """R distinct weights of one (K, N) and their bf16 twins, shared by every M."""
+
+    def __init__(self, K, N, g, seed=0):
+        self.K, self.N, self.g = K, N, g
+        self.R = H.pick_r(K * N * 2)
+        keys = jax.random.split(jax.random.key(seed * 7919 + K * 3 + N), self.R)
+        self.ws = [make_weights(k, K, N, g) for k in keys]
+        self.wb = [jax.random.normal(k, (K, N), jnp.bfloat16) for k in keys]
+        self.W64 = host_dequant64(self.ws[0], K, g)
+
+
+def bench_shape(ss: ShapeSet, M: int, bw: float, *, profile: bool = True) -> dict:
+    K, N, g = ss.K, ss.N, ss.g
+    x = jax.random.normal(jax.random.key(M), (M, K), jnp.bfloat16)
+    rows = np.unique(np.linspace(0, M - 1, min(M, 16)).astype(int))
+    ref = np.asarray(x.astype(jnp.float32), np.float64)[rows] @ ss.W64
+    kern = lambda x, w: w4a16_matmul(x, w, group_size=g)
+    bf = lambda x, w: jnp.dot(x, w, preferred_element_type=jnp.float32).astype(x.dtype)
+    fmt = lambda x, w: w4a16_matmul_reference(x, w, group_size=g)
+    # correctness first
+    out = jax.jit(kern)(x, ss.ws[0])
+    err = H.rel_err(np.asarray(out.astype(jnp.float32))[rows], ref)
+    us, spread, _ = H.time_fn(kern, x, ss.ws)
+    us_bf, _, _ = H.time_fn(bf, x, ss.wb)
+    us_fmt, _, o2 = H.time_fn(fmt, x, ss.ws)
+    row = dict(kernel="w4a16", M=M, K=K, N=N, group=g, us=us, spread_us=spread, xla_bf16_us=us_bf,
+               xla_format_us=us_fmt, floor_us=floor_us(M, K, N, g, bw), max_rel_err=err,
+               xla_format_rel_err=H.rel_err(np.asarray(o2.astype(jnp.float32))[rows], ref), R=ss.R)
+    if profile:
+        row["dev_us"], brk = H.device_time(kern, x, ss.ws)
+        row["dev_kernels"] = {k[:48]: round(v, 2) for k, v in brk.items()}
+        row["xla_bf16_dev_us"], _ = H.device_time(bf, x, ss.wb)
+    from jaxquant.kernels.w4a16.api import _pick_config
+    row["config"] = _pick_config(M, K, N, g, ss.ws[0], x, None, False).to_dict()
+    row["vs_bf16"] = us_bf / us
+    row["vs_xla_format"] = us_fmt / us
+    row["pct_floor"] = 100 * row["floor_us"] / us
+    return row
