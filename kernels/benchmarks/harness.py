@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def pick_r(weight_bytes: int, *, target_bytes: float = 2e9, lo: int = 12, hi: int = 96) -> int:
+def pick_r(weight_bytes: int, *, target_bytes: float = 6e9, lo: int = 12, hi: int = 192) -> int:
     """Number of distinct weights per jitted call."""
     return int(max(lo, min(hi, target_bytes // max(1, weight_bytes))))
 
@@ -100,37 +100,12 @@ def write_json(path: str, rows: list[dict]) -> None:
 
 
 def device_time(fn: Callable, x: Any, ws: Sequence[Any], *, iters: int = 3) -> tuple[float, dict[str, float]]:
-    """GPU kernel time per matmul (us) from a jax.profiler trace: the summed durations of the
-    kernels on the device's stream lines, per call, divided by R; and a per-kernel-name
-    breakdown (us per matmul). Complements the wall-clock median (which includes dispatch)."""
-    import glob
-    import tempfile
-
-    from jax.profiler import ProfileData
+    """GPU kernel time per matmul (us) from a jax.profiler trace (summed kernel durations on
+    the device's streams per call, divided by R) and a per-kernel breakdown (top 6)."""
+    from jaxquant.kernels.autotune import device_us
 
     f = _runner(fn)
     jax.block_until_ready(f(x, ws))
-    jax.block_until_ready(f(x, ws))
-    d = tempfile.mkdtemp(prefix="jqprof")
-    with jax.profiler.trace(d):
-        for _ in range(iters):
-            jax.block_until_ready(f(x, ws))
-    files = glob.glob(os.path.join(d, "**", "*.xplane.pb"), recursive=True)
-    if not files:
-        return float("nan"), {}
-    pd = ProfileData.from_file(files[0])
-    per: dict[str, float] = {}
-    total = 0.0
-    for plane in pd.planes:
-        if not plane.name.startswith("/device:GPU"):
-            continue
-        for line in plane.lines:
-            if not line.name.startswith("Stream"):
-                continue
-            for ev in line.events:
-                dur = ev.duration_ns / 1e3
-                total += dur
-                per[ev.name] = per.get(ev.name, 0.0) + dur
-        break  # first GPU only
-    r = len(ws) * iters
-    return total / r, {k: v / r for k, v in sorted(per.items(), key=lambda kv: -kv[1])[:6]}
+    total, per = device_us(lambda: f(x, ws), iters=iters)
+    r = len(ws)
+    return total / r, {k: v / r for k, v in list(per.items())[:6]}

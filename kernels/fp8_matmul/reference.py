@@ -23,10 +23,13 @@ def quantize_per_token(x: Array) -> tuple[Array, Array]:
     return xq, sx
 
 
-def fp8_matmul_reference(x: Array, w: Fp8Weights, *, out_dtype=jnp.bfloat16) -> Array:
+def fp8_matmul_reference(x: Array, w: Fp8Weights, *, out_dtype=jnp.bfloat16, gemm_out=jnp.float32) -> Array:
+    """gemm_out: dtype of XLA's FP8 GEMM result before the scaling epilogue. float32 (the
+    exact reference) or bfloat16 (the GEMM still accumulates in float32 inside cuBLASLt, but
+    writes half the bytes; one extra bf16 rounding before the scales)."""
     xq, sx = quantize_per_token(x)
     wq = w.qvalue if w.layout == LAYOUT_KN else w.qvalue.T
-    acc = jnp.dot(xq, wq, preferred_element_type=jnp.float32)
+    acc = jnp.dot(xq, wq, preferred_element_type=gemm_out).astype(jnp.float32)
     sw = w.scale.reshape(-1).astype(jnp.float32)
     return (acc * sx[:, None] * sw[None, :]).astype(out_dtype)
 

@@ -32,6 +32,8 @@ class W4A16Config:
     swap_ab: compute the transposed product (weights as the MMA's A operand).
     mode: "fused" (the kernel above) or "dequant_dot" (prefill: a Pallas kernel writes the
       bf16 weight once at full bandwidth, then XLA's bf16 dot (cuBLAS) runs on it).
+    presplit_x: split x into its even/odd K columns with one small XLA op before the kernel
+      (instead of inside it, per tile).
     reduce: how split-K partials are combined: "xla" (float32 partials [S, M, N], one XLA
       reduction) or "atomic" (float32 atomic adds into a zeroed [M, N] buffer, then a cast).
     """
@@ -48,6 +50,7 @@ class W4A16Config:
     swap_ab: bool = False
     mode: str = "fused"
     reduce: str = "xla"
+    presplit_x: bool = False
 
     def __post_init__(self):
         for name in ("block_m", "block_n", "block_k"):
@@ -109,58 +112,64 @@ def fit_split_k(M: int, K: int, N: int, cfg: W4A16Config) -> int:
     return cdiv(n_iter, ipp)
 
 
+def _split_for(n_blocks: int, n_iter: int, per_sm: int, sms: int) -> int:
+    return max(1, min(n_iter // 2 if n_iter >= 4 else 1, round(per_sm * sms / max(1, n_blocks))))
+
+
 def default_config(M: int, K: int, N: int, group_size: int, *, sms: int = 132, on_gpu: bool = True) -> W4A16Config:
-    """Heuristic config when no tuned entry exists."""
+    """Heuristic config when no tuned entry exists (from H100 sweeps, 2026-11-24):
+    decode: small 2-warp programs (low registers -> many resident programs, the kernel is
+    latency-bound) and split-K for ~8 programs per SM; M <= 128: tensor-core tiles with a
+    register double buffer; larger M: dequantize once + XLA's bf16 dot (cuBLAS)."""
     dequant = "asm" if on_gpu else "bits"
     if M <= 16:
-        bn = 128 if N >= 1024 else max(16, next_pow2(N))
-        bk = 256
-        n_blocks = cdiv(N, bn)
-        n_iter = cdiv(K, bk)
-        # ~3 programs per SM, at least 2 iterations per split
-        want = max(1, (3 * sms) // max(1, n_blocks))
-        s = max(1, min(want, n_iter // 2 if n_iter >= 4 else 1))
-        cfg = W4A16Config(16, bn, bk, s, 4, 1, True, dequant, "epilogue")
+        bn = 128 if N >= 128 else max(16, next_pow2(N))
+        bk = 128
+        s = _split_for(cdiv(N, bn), cdiv(K, bk), 8, sms)
+        cfg = W4A16Config(16, bn, bk, s, 2, 1, False, dequant, "epilogue")
     elif M <= 64:
         bm = next_pow2(M)
-        bn = 128
-        bk = 128
-        n_blocks = cdiv(N, bn) * cdiv(M, bm)
-        n_iter = cdiv(K, bk)
-        want = max(1, (2 * sms) // max(1, n_blocks))
-        s = max(1, min(want, n_iter // 2 if n_iter >= 4 else 1))
-        cfg = W4A16Config(bm, bn, bk, s, 4, 2, True, dequant, "epilogue")
-    else:
-        bm = 128 if M >= 128 else next_pow2(M)
-        bn = 128
-        bk = 64
+        bn, bk = 128, 128
+        s = _split_for(cdiv(N, bn) * cdiv(M, bm), cdiv(K, bk), 4, sms)
+        cfg = W4A16Config(bm, bn, bk, s, 4, 1, True, dequant, "epilogue")
+    elif M <= 128 or not on_gpu:
+        bm = min(128, next_pow2(M))
+        bn, bk = 128, 128
         tiles = cdiv(M, bm) * cdiv(N, bn)
-        s = 1
-        if tiles < sms:
-            s = max(1, min(cdiv(2 * sms, tiles), cdiv(K, bk) // 4))
-        cfg = W4A16Config(bm, bn, bk, s, 8, 3, False, dequant, "weight")
+        s = 1 if tiles >= sms else _split_for(tiles, cdiv(K, bk), 2, sms)
+        cfg = W4A16Config(bm, bn, bk, s, 8, 1, True, dequant, "weight")
+    else:
+        cfg = W4A16Config(mode="dequant_dot", dequant=dequant)
     return cfg.replace(split_k=fit_split_k(M, K, N, cfg))
 
 
 def candidates(M: int, K: int, N: int, group_size: int, *, sms: int = 132) -> list[W4A16Config]:
-    """The autotuner's small sweep around the heuristic default."""
+    """The autotuner's sweep around the heuristic default."""
     base = default_config(M, K, N, group_size, sms=sms)
     out = [base]
     if M <= 16:
         s = base.split_k
+        n_iter = cdiv(K, base.block_k)
         out += [
-            base.replace(split_k=s * 2),
+            base.replace(presplit_x=True),
+            base.replace(prefetch=True),
+            base.replace(block_k=256, split_k=max(1, s // 2)),
+            base.replace(num_warps=4, presplit_x=True),
+            base.replace(block_n=256, num_warps=4, split_k=min(2 * s, n_iter // 2 or 1)),
+            base.replace(block_n=64, swap_ab=True, num_warps=4, split_k=max(1, s // 2)),
+            base.replace(block_n=64, block_k=64, split_k=max(1, s // 2)),
+            base.replace(split_k=min(2 * s, max(1, n_iter // 2))),
             base.replace(split_k=max(1, s // 2)),
-            base.replace(block_n=256, num_warps=8),
-            base.replace(block_k=512),
-            base.replace(prefetch=False, num_stages=3),
+            base.replace(dequant="bits"),
         ]
-    else:
+    elif M <= 128 and base.mode == "fused":
         out += [
-            base.replace(block_n=256),
-            base.replace(num_stages=4),
-            base.replace(num_warps=4),
-            base.replace(block_k=128),
+            base.replace(split_k=base.split_k * 2),
+            base.replace(split_k=max(1, base.split_k // 2)),
+            base.replace(block_n=64, num_warps=4),
+            base.replace(block_k=256),
+            base.replace(prefetch=False, num_stages=3),
+            W4A16Config(mode="dequant_dot", dequant=base.dequant),
         ]
     seen, uniq = set(), []
     for c in out:

@@ -186,11 +186,27 @@ def _kernel(x_ref, q_ref, s_ref, *rest, M, K, N, G, group, cfg: W4A16Config, asy
                 xm = _and(xm, (k0 + lax.broadcasted_iota(jnp.int32, (1, T), 1)) < K)
             if valid is not None:
                 xm = _and(xm, jnp.broadcast_to(valid, (1, 1)))
-            x_idx = (pl.ds(m0, BM), pl.ds(pl.multiple_of(k0, T), T))
-            if xm is None:
-                x = plgpu.load(x_ref.at[x_idx])
+            if cfg.presplit_x:
+                # x_ref is [2M, ceil(K/2)]: even columns in rows [0, M), odd ones in [M, 2M)
+                xm = m_mask if need_m else None
+                if need_k:
+                    xm = _and(xm, (r0 + lax.broadcasted_iota(jnp.int32, (1, P), 1)) < Kp)
+                if valid is not None:
+                    xm = _and(xm, jnp.broadcast_to(valid, (1, 1)))
+                xs = []
+                for half in (0, 1):
+                    idx = (pl.ds(half * M + m0, BM), pl.ds(pl.multiple_of(r0, P), P))
+                    if xm is None:
+                        xs.append(plgpu.load(x_ref.at[idx]))
+                    else:
+                        xs.append(plgpu.load(x_ref.at[idx], mask=jnp.broadcast_to(xm, (BM, P)), other=0))
+                x = tuple(xs)
             else:
-                x = plgpu.load(x_ref.at[x_idx], mask=jnp.broadcast_to(xm, (BM, T)), other=0)
+                x_idx = (pl.ds(m0, BM), pl.ds(pl.multiple_of(k0, T), T))
+                if xm is None:
+                    x = plgpu.load(x_ref.at[x_idx])
+                else:
+                    x = plgpu.load(x_ref.at[x_idx], mask=jnp.broadcast_to(xm, (BM, T)), other=0)
             # scale / zero-point row [1, BN]
             gi = k0 // group
             sm = n_mask if need_n else None
@@ -211,7 +227,10 @@ def _kernel(x_ref, q_ref, s_ref, *rest, M, K, N, G, group, cfg: W4A16Config, asy
 
     def compute(acc, tiles):
         for q, x, s, z in tiles:
-            xe, xo = jnp.unstack(x.reshape(BM, P, 2), axis=-1)  # even / odd K columns
+            if cfg.presplit_x:
+                xe, xo = x
+            else:
+                xe, xo = jnp.unstack(x.reshape(BM, P, 2), axis=-1)  # even / odd K columns
             if dequant == "convert":
                 lo, hi = _dequant_convert(q, None if sym else z.astype(jnp.int32), sym)
             else:
@@ -352,7 +371,9 @@ def w4a16_matmul_triton(x: jax.Array, w: Int4Weights, *, group_size: int, config
     if cfg.mode == "dequant_dot":
         wd = dequantize_triton(w, K, group_size=group_size, dtype=x.dtype, dequant=cfg.dequant,
                                interpret=interpret)
-        return jnp.dot(x, wd, preferred_element_type=jnp.float32).astype(x.dtype)
+        # bf16 x bf16 -> bf16 (cuBLAS accumulates in float32); lets XLA emit the output
+        # type from the GEMM instead of a separate float32 -> bf16 pass
+        return jnp.dot(x, wd)
     if not interpret and cfg.dequant == "asm":
         dequant = "asm"
     else:
@@ -367,7 +388,12 @@ def w4a16_matmul_triton(x: jax.Array, w: Int4Weights, *, group_size: int, config
         _kernel, M=M, K=K, N=N, G=G, group=group_size, cfg=cfg, asym=asym, dequant=dequant,
         n_iter=n_iter, ipp=ipp, split=split, atomic=atomic,
     )
-    args = [x, w.qvalue, w.scale] + ([w.zero_point] if asym else [])
+    xin = x
+    if cfg.presplit_x:
+        Kp = w.qvalue.shape[0]
+        xp = jnp.pad(x, ((0, 0), (0, 2 * Kp - K))) if 2 * Kp != K else x
+        xin = xp.reshape(M, Kp, 2).transpose(2, 0, 1).reshape(2 * M, Kp)
+    args = [xin, w.qvalue, w.scale] + ([w.zero_point] if asym else [])
     aliases = {}
     if atomic:
         out_shape = jax.ShapeDtypeStruct((M, N), jnp.float32)
