@@ -146,7 +146,7 @@ def run_fp8(sizes, dl):
         sw = [jnp.max(jnp.abs(w), axis=0) / 448.0 for w in wf]
         wkn = [Fp8Weights((w / s).astype(jnp.float8_e4m3fn), s, "kn") for w, s in zip(wf, sw)]
         wnk = [Fp8Weights(w.qvalue.T.copy(), w.scale, "nk") for w in wkn]
-        wt = [(w.qvalue, jnp.max(w.scale)) for w in wkn]
+        wt = [(w, jnp.max(w.scale)) for w in wkn]
         wb = [w.astype(jnp.bfloat16) for w in wf]
         del wf
         x = jax.random.normal(jax.random.fold_in(key, 5), (M, K), jnp.bfloat16)

@@ -44,7 +44,7 @@ def fp8_variants(dl):
         x = jax.random.normal(jax.random.key(1), (M, K), jnp.bfloat16)
         fns = {
             "bf16": (lambda x, w: jnp.dot(x, w), wb),
-            "pt_kn": (lambda x, w: R.fp8_per_tensor_xla(x, w.qvalue, jnp.float32(0.01)), wkn),
+            "pt_kn": (lambda x, w: R.fp8_per_tensor_xla(x, w, jnp.float32(0.01)), wkn),
             "pc_f32_kn": (lambda x, w: R.fp8_matmul_reference(x, w), wkn),
             "pc_f32_nk": (lambda x, w: R.fp8_matmul_reference(x, w), wnk),
             "pc_bf16_kn": (lambda x, w: R.fp8_matmul_reference(x, w, gemm_out=jnp.bfloat16), wkn),

@@ -21,7 +21,7 @@ def bench_shape(M, K, N, bw, *, R_: int = 12, implementation=None, config=None, 
     sw = [jnp.max(jnp.abs(w), axis=0) / 448.0 for w in wf]
     wkn = [Fp8Weights((w / s).astype(jnp.float8_e4m3fn), s) for w, s in zip(wf, sw)]
     wnk = [prepare_fp8_weights(w) for w in wkn]
-    wt = [(w.qvalue, jnp.max(w.scale)) for w in wkn]
+    wt = [(w, jnp.max(w.scale)) for w in wnk]
     wb = [w.astype(jnp.bfloat16) for w in wf]
     del wf
     x = jax.random.normal(jax.random.key(7), (M, K), jnp.bfloat16)
@@ -33,7 +33,7 @@ def bench_shape(M, K, N, bw, *, R_: int = 12, implementation=None, config=None, 
     out = jax.jit(kern)(x, wnk[0])
     err = H.rel_err(np.asarray(out.astype(jnp.float32))[rows], ref)
     us, spread, _ = H.time_fn(kern, x, wnk)
-    us_bf, _, _ = H.time_fn(lambda x, w: jnp.dot(x, w, preferred_element_type=jnp.float32).astype(x.dtype), x, wb)
+    us_bf, _, _ = H.time_fn(lambda x, w: jnp.dot(x, w), x, wb)
     us_pt, _, _ = H.time_fn(lambda x, w: R.fp8_per_tensor_xla(x, w[0], w[1]), x, wt)
     nbytes = M * K * 2 + K * N + M * N * 2
     row = dict(kernel="fp8_matmul", impl=implementation or "default", M=M, K=K, N=N, group=0, us=us,
@@ -43,6 +43,10 @@ def bench_shape(M, K, N, bw, *, R_: int = 12, implementation=None, config=None, 
     if profile:
         row["dev_us"], brk = H.device_time(kern, x, wnk, iters=2)
         row["dev_kernels"] = {k[:48]: round(v, 2) for k, v in brk.items()}
+        row["xla_bf16_dev_us"], _ = H.device_time(lambda x, w: jnp.dot(x, w), x, wb, iters=2)
+        row["xla_format_dev_us"], _ = H.device_time(lambda x, w: R.fp8_per_tensor_xla(x, w[0], w[1]), x, wt, iters=2)
+        row["vs_bf16_dev"] = row["xla_bf16_dev_us"] / row["dev_us"]
+        row["vs_xla_format_dev"] = row["xla_format_dev_us"] / row["dev_us"]
     row["vs_bf16"] = us_bf / us
     row["vs_xla_format"] = us_pt / us
     row["pct_floor"] = 100 * row["floor_us"] / us

@@ -34,12 +34,13 @@ def fp8_matmul_reference(x: Array, w: Fp8Weights, *, out_dtype=jnp.bfloat16, gem
     return (acc * sx[:, None] * sw[None, :]).astype(out_dtype)
 
 
-def fp8_per_tensor_xla(x: Array, wq_kn: Array, sw_tensor: Array, *, out_dtype=jnp.bfloat16) -> Array:
-    """XLA's own fp8 path (per-tensor scalar scales, dynamic activation scale): the baseline
-    `xla_format_us` of the benchmark."""
+def fp8_per_tensor_xla(x: Array, w: Fp8Weights, sw_tensor: Array, *, out_dtype=jnp.bfloat16) -> Array:
+    """XLA's own fp8 path (per-tensor scalar scales, dynamic activation scale) on the same
+    weight layout: the baseline `xla_format_us` of the benchmark."""
     xf = x.astype(jnp.float32)
     sx = jnp.max(jnp.abs(xf)) / E4M3_MAX
     sx = jnp.where(sx > 0, sx, 1.0)
     xq = (xf / sx).astype(jnp.float8_e4m3fn)
-    acc = jnp.dot(xq, wq_kn, preferred_element_type=jnp.float32)
+    wq = w.qvalue if w.layout == LAYOUT_KN else w.qvalue.T
+    acc = jnp.dot(xq, wq, preferred_element_type=jnp.float32)
     return (acc * (sx * sw_tensor)).astype(out_dtype)
