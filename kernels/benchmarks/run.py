@@ -44,7 +44,7 @@ def main(argv):
     rows = [meta]
     print(f"device {dev.device_kind}, jax {jax.__version__}, copy {bw / 1e12:.2f} TB/s", flush=True)
     print(" | ".join(COLS), flush=True)
-    if "w4a16" in ops:
+    def run_w4a16():
         from jaxquant.kernels.w4a16 import arg_specs, bench
 
         shapes = arg_specs.BENCH_SHAPES
@@ -71,7 +71,7 @@ def main(argv):
                 print(fmt_row(r), flush=True)
                 H.write_json(path, rows)
             del ss
-    if "fp8" in ops:
+    def run_fp8():
         from jaxquant.kernels.fp8_matmul import arg_specs, bench
 
         for m, k, n in (arg_specs.TEST_SHAPES if "--small" in argv else arg_specs.BENCH_SHAPES):
@@ -86,6 +86,8 @@ def main(argv):
                 rows.append(r)
                 print(fmt_row(r), flush=True)
                 H.write_json(path, rows)
+    for op in ops:
+        {"w4a16": run_w4a16, "fp8": run_fp8}[op]()
     H.write_json(path, rows)
     print("wrote", path)
 
