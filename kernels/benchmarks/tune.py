@@ -10,7 +10,6 @@ import sys
 import jax
 import jax.numpy as jnp
 
-from jaxquant.kernels import autotune
 from jaxquant.kernels.benchmarks import harness as H
 from jaxquant.kernels.w4a16 import arg_specs
 from jaxquant.kernels.w4a16.api import _pick_config
@@ -24,7 +23,6 @@ def tune_w4(dl, max_m=128):
         w = Int4Weights(jnp.zeros((K // 2, N), jnp.uint8), jnp.zeros((K // g, N), jnp.bfloat16))
         x = jnp.zeros((M, K), jnp.bfloat16)
         cfg = _pick_config(M, K, N, g, w, x, True, False)
-        key = autotune.make_key("w4a16", f"M{M}_K{K}_N{N}_g{g}_sym")
         print("tuned", M, K, N, cfg, flush=True)
 
 

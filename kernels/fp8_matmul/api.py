@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxquant.kernels import autotune
-from jaxquant.kernels._common import KernelArgumentError, gpu_info, num_sms  # noqa: F401
+from jaxquant.kernels._common import KernelArgumentError, gpu_info, num_sms
 from jaxquant.kernels.fp8_matmul import config as C
 from jaxquant.kernels.fp8_matmul import reference as R
 from jaxquant.kernels.fp8_matmul.layouts import Fp8Weights, as_fp8_weights, validate
