@@ -1,7 +1,8 @@
 """Routes quantized dots to the Pallas kernels in jaxquant.kernels when they apply.
 
 W4A16: an int4/uint4 weight [K, N] grouped along K (K a multiple of the group), contracted on
-axis 0 against the last axis of x. On GPU the kernel reads the packed codes and group scales and
+axis 0 against the last axis of x, with bf16 activations (backend="pallas" also takes wider
+ones, rounded to bf16). On GPU the kernel reads the packed codes and group scales and
 dequantizes in registers (activations run in bf16, f32 accumulation); elsewhere, or for other
 shapes, the caller falls back to XLA. backend="pallas" forces the kernel (Pallas interpret mode
 off-GPU) and makes an inapplicable layer an error naming why.
@@ -24,8 +25,12 @@ def _on_gpu() -> bool:
     return jax.devices()[0].platform == "gpu"
 
 
-def w4a16_reason(x: Array, w: QArray, dims: Any) -> str | None:
-    """None if the W4A16 kernel applies to this dot, else why not."""
+def w4a16_reason(x: Array, w: QArray, dims: Any, *, forced: bool = False) -> str | None:
+    """None if the W4A16 kernel applies to this dot, else why not. The kernel computes with bf16
+    activations: `auto` dispatch leaves wider activations (f32) to XLA so that the result keeps
+    their precision; forced dispatch (backend="pallas") rounds them to bf16."""
+    if not forced and x.dtype != jnp.bfloat16:
+        return f"activations are {x.dtype}, the kernel takes bf16 (run the model in bf16)"
     if w.format not in ("int4", "uint4"):
         return f"format {w.format} is not int4/uint4"
     if w.ndim != 2 or w.meta.axis != 0:
@@ -57,7 +62,7 @@ def try_weight_only_kernel(
     backend = dispatch.current().backend
     if backend == "xla" or (backend == "auto" and not _on_gpu()):
         return None
-    reason = w4a16_reason(x, w, dims)
+    reason = w4a16_reason(x, w, dims, forced=backend == "pallas")
     if reason is not None:
         if backend == "pallas":
             raise FormatError(f"backend='pallas': no Pallas kernel for this layer: {reason}")

@@ -237,3 +237,14 @@ def test_forced_pallas_on_unsupported_layer_is_a_clear_error():
     with pytest.raises(jq.FormatError, match="not a multiple of the group size"):
         with jq.intercept(backend="pallas"):
             jax.jit(model.apply)(q, x)
+
+
+def test_auto_dispatch_keeps_f32_activations_off_the_bf16_kernel():
+    """auto dispatch sends only bf16 activations to the W4A16 kernel; forcing it rounds f32."""
+    from jaxquant.inference.kernels_bridge import w4a16_reason
+
+    w = jq.quantize({"kernel": jnp.ones((256, 64))}, "w4a16")["kernel"]
+    dims = (((1,), (0,)), ((), ()))
+    assert "bf16" in w4a16_reason(jnp.ones((2, 256), jnp.float32), w, dims)
+    assert w4a16_reason(jnp.ones((2, 256), jnp.bfloat16), w, dims) is None
+    assert w4a16_reason(jnp.ones((2, 256), jnp.float32), w, dims, forced=True) is None

@@ -1,0 +1,170 @@
+"""End-to-end decode of a Llama-3-8B-shaped decoder: bf16 vs W4A16 (Pallas kernel) vs W4A16
+through XLA's dequantize-then-dot, tokens per second at several batch sizes, weight memory.
+
+Random weights (the speed of a matmul does not depend on its values), 32 layers, d=4096,
+ffn 14336, GQA 32/8, head_dim 128, vocab 128256, untied head. Each variant runs the model's
+own Linen forward under jaxquant.intercept() with a KV cache: a jitted decode step (cache donated)
+is warmed up, then `steps` consecutive tokens are timed end to end (the next token is the
+argmax of the last logits, so every step depends on the one before, as in real decoding;
+the cache holds 3 * steps + 8 positions, so attention is a small part of each step);
+the median of three such runs gives seconds per step and tokens/s = batch / step.
+
+    python -m jaxquant.kernels.benchmarks.decode_e2e [--batches 1,8,32,64] [--layers 32] [--small]
+
+Writes kernels/benchmarks/results/<date>-<device>-decode.json (or $OUT/... when OUT is set).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import os
+import statistics
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jaxquant as jq
+from jaxquant.kernels.benchmarks import harness as H
+from jaxquant.models.llama import Llama, LlamaConfig
+from jaxquant.recipes.recipe import DEFAULT_IGNORE, DEFAULT_TARGETS, Recipe, Rule
+
+LLAMA3_8B = LlamaConfig(vocab_size=128256, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=8,
+                        head_dim=128, ffn_dim=14336, rope_theta=500000.0,
+                        tie_embeddings=False, max_seq_len=8192, dtype=jnp.bfloat16)
+SMALL = dataclasses.replace(LLAMA3_8B, vocab_size=512, d_model=256, n_layers=2, n_heads=4,
+                            n_kv_heads=2, head_dim=64, ffn_dim=512)
+
+
+def random_params(cfg: LlamaConfig, seed: int = 0) -> dict[str, Any]:
+    """{"params": ...} of `cfg` in bf16, N(0, 0.02) matrices and unit norm scales, made on the
+    default device leaf by leaf (no f32 copy of the whole model)."""
+    shapes = jax.eval_shape(Llama(cfg).init, jax.random.key(0), jnp.zeros((1, 1), jnp.int32))
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(shapes)
+    key = jax.random.key(seed)
+    out = []
+    for i, (path, s) in enumerate(leaves):
+        name = jax.tree_util.keystr(path)
+        if "norm" in name:
+            out.append(jnp.ones(s.shape, jnp.bfloat16))
+        else:
+            k = jax.random.fold_in(key, i)
+            out.append((0.02 * jax.random.normal(k, s.shape, jnp.float32)).astype(jnp.bfloat16))
+    return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def w4a16_recipe(quantize_head: bool) -> Recipe:
+    """The `w4a16` preset (int4 g128, bf16 scales); optionally the output head too."""
+    base = jq.get_preset("w4a16")
+    if not quantize_head:
+        return base
+    ignore = tuple(p for p in DEFAULT_IGNORE if "lm_head" not in p)
+    rule = dataclasses.replace(base.rules[0], targets=DEFAULT_TARGETS + (r"re:(^|/)lm_head/",))
+    return Recipe((rule,), ignore=ignore, name="w4a16+head")
+
+
+def param_bytes(tree: Any) -> int:
+    total = 0
+    for leaf in jax.tree_util.tree_leaves(tree, is_leaf=jq.is_qarray):
+        total += leaf.nbytes if jq.is_qarray(leaf) else leaf.size * leaf.dtype.itemsize
+    return int(total)
+
+
+def time_decode(model: Llama, params: Any, batch: int, backend: str, *,
+                steps: int) -> tuple[float, list[str]]:
+    """(median seconds per decode step, dispatch paths the quantized layers took) for `batch` sequences."""
+    cache = model.init_cache(batch, 3 * steps + 8, jnp.bfloat16)
+
+    def step(p, tok, cache):
+        logits, cache = model.apply(p, tok, cache=cache)
+        return jnp.argmax(logits[:, -1], -1).astype(jnp.int32)[:, None], cache
+
+    with jq.intercept(backend=backend, report=True) as rep:  # active while tracing
+        run = jax.jit(step, donate_argnums=(2,))
+        tok, cache = run(params, jnp.ones((batch, 1), jnp.int32), cache)  # compile
+    paths = sorted({path for _, _, path in rep.rows})
+    jax.block_until_ready(tok)
+    ts = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            tok, cache = run(params, tok, cache)
+        jax.block_until_ready(tok)
+        ts.append((time.perf_counter() - t0) / steps)
+    return statistics.median(ts), paths
+
+
+def check_logits(cfg: LlamaConfig, qparams: Any, layers: int = 2) -> float:
+    """Relative error of the Pallas-path logits against XLA dequantize-then-dot on the same
+    weights, through the first `layers` blocks (deeper random-weight stacks amplify the bf16
+    rounding differences of every layer chaotically)."""
+    cfg = dataclasses.replace(cfg, n_layers=min(layers, cfg.n_layers))
+    inner = {k: v for k, v in qparams["params"].items()
+             if not k.startswith("layers_") or int(k.split("_")[1]) < cfg.n_layers}
+    model, params = Llama(cfg), {"params": inner}
+    tok = jnp.arange(8, dtype=jnp.int32)[None] % cfg.vocab_size
+    outs = []
+    for backend in ("xla", "auto"):
+        with jq.intercept(backend=backend):
+            outs.append(np.asarray(jax.jit(lambda p: model.apply(p, tok)[0])(params), np.float64))
+    return H.rel_err(outs[1], outs[0])
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--batches", default="1,8,32,64")
+    ap.add_argument("--layers", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=32)
+    ap.add_argument("--small", action="store_true", help="a tiny model (CPU smoke test)")
+    ap.add_argument("--xla-int4-batches", default="1",
+                    help="batches at which the XLA dequantize+dot W4A16 path is also timed")
+    args = ap.parse_args(argv)
+    cfg = SMALL if args.small else dataclasses.replace(LLAMA3_8B, n_layers=args.layers)
+    batches = [int(b) for b in args.batches.split(",")]
+    xla_batches = {int(b) for b in args.xla_int4_batches.split(",") if b}
+    dev = jax.devices()[0]
+    model = Llama(cfg)
+    bf16 = random_params(cfg)
+    variants: list[tuple[str, Any, str]] = [("bf16", bf16, "xla")]
+    for head in (False, True):
+        q = jq.quantize(bf16, w4a16_recipe(head))
+        name = "w4a16" + ("+head" if head else "")
+        variants.append((name, q, "auto"))
+        if not head:
+            variants.append((name + " (XLA dequant)", q, "xla"))
+    err = check_logits(cfg, variants[1][1])
+    print(f"device {dev.device_kind}, jax {jax.__version__}; {cfg.n_layers} layers, d={cfg.d_model}"
+          f", ffn={cfg.ffn_dim}; W4A16 logits vs XLA dequant: rel err {err:.2e}", flush=True)
+    rows: list[dict] = []
+    base: dict[int, float] = {}
+    print("variant | batch | ms/step | tok/s | x bf16 | weight GB | paths", flush=True)
+    for name, params, backend in variants:
+        for b in batches:
+            if "XLA" in name and b not in xla_batches:
+                continue
+            s, paths = time_decode(model, params, b, backend, steps=args.steps)
+            if name == "bf16":
+                base[b] = s
+            row = dict(variant=name, batch=b, ms_per_step=s * 1e3, tok_per_s=b / s,
+                       vs_bf16=base.get(b, float("nan")) / s, weight_bytes=param_bytes(params),
+                       paths=paths)
+            rows.append(row)
+            print(f"{name} | {b} | {s * 1e3:.2f} | {b / s:.1f} | {row['vs_bf16']:.2f} | "
+                  f"{row['weight_bytes'] / 1e9:.2f} | {paths}", flush=True)
+    meta = dict(kernel="_meta", device=dev.device_kind, jax=jax.__version__,
+                date=datetime.date.today().isoformat(), config=dataclasses.asdict(cfg) | {
+                    "dtype": "bfloat16"}, steps=args.steps, logits_rel_err=err,
+                method="jitted one-token decode step (cache donated), warm-up, 3 runs of `steps` "
+                       "dependent steps, median seconds per step")
+    root = os.environ.get("OUT") or os.path.join(os.path.dirname(__file__), "results")
+    kind = str(dev.device_kind).replace(" ", "_")
+    H.write_json(os.path.join(root, f"{meta['date']}-{kind}-decode.json"), [meta] + rows)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
