@@ -74,7 +74,9 @@ def _qwix_run(model, params, cfg: dict, calib: np.ndarray) -> tuple[Callable, An
         qmodel = qwix.quantize_model(model, qwix.PtqProvider(
             [qwix.QuantizationRule(module_path=BLOCK_LAYERS, **rule_kw)]))
         abstract = jax.eval_shape(qmodel.init, jax.random.key(0), tokens)
-        qparams = qgptq.quantize_params(params, abstract, variables["quant_stats"])
+        # stats are keyed like the inner params tree (no "params" level)
+        qparams = {"params": qgptq.quantize_params(params["params"], abstract["params"],
+                                                    variables["quant_stats"])}
     else:
         provider_cls = padded_ptq.PaddedPtqProvider if "tile_size" in cfg else qwix.PtqProvider
         qmodel = qwix.quantize_model(model, provider_cls(
