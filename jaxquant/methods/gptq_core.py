@@ -4,10 +4,17 @@ Weights are in Flax layout W [K, N] (K inputs, contracted; N outputs); H = sum_t
 [K, K] Hessian of the layer's inputs. Input rows of W are quantized one at a time; the rounding
 error of row i is spread over the rows not yet quantized through the upper Cholesky factor U of
 H^-1 (err_i = (w_i - q_i) / U_ii, W[j] -= U_ij err_i for j > i), lazily in blocks of `block_size`
-rows. Group scales are computed when the sweep reaches a group's first row, from the current
-(error-compensated) weights of that group. With act_order, rows are visited by descending
-H_ii; groups stay contiguous in the original order (the stored format's groups), each group's
-scale fixed when the sweep first touches one of its rows.
+rows (the reference implementation's order of operations, IST-DASLab/gptq).
+
+Scales. Per-group (along K) scales without act_order are computed when the sweep reaches a
+group's first row, from the current (error-compensated) weights of the whole group: sweep blocks
+are aligned with groups (the block size divides the group size or is a multiple of it, and K is
+zero-padded with independent rows to a whole number of blocks, which leaves the result for the
+real rows unchanged), so every row of the group has received all earlier updates at that moment.
+With act_order rows are visited by descending H_ii; the stored format keeps contiguous groups in
+the original order, so their scales are fixed up front from the original weights (the reference
+`static_groups`). Per-channel scales come from the original weights (as in the reference). The
+range of each group follows the scheme's clipping (min-max, percentile, or MSE search).
 """
 
 from __future__ import annotations
@@ -18,16 +25,21 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
-from jaxquant.core.qarray import QArray
+from jaxquant.calibration.clipping import block_range
+from jaxquant.core import blocks
+from jaxquant.core.qarray import QArray, QMeta
 from jaxquant.core.quantize import scales_for_range
-from jaxquant.core.scales import Scales
 from jaxquant.core.spec import ArraySpec
 from jaxquant.errors import FormatError, JaxquantError
+from jaxquant.formats.floating import e8m0_encode
 from jaxquant.formats.packing import pack_nibbles
 from jaxquant.formats.registry import get_format
 
+_HI = jax.lax.Precision.HIGHEST
+
 
 def check_gptq_spec(spec: ArraySpec, shape: tuple[int, ...]) -> None:
+    """FormatError unless GPTQ can produce `spec` for a weight of `shape`."""
     fmt = get_format(spec.format)
     if len(shape) != 2 or spec.axis != 0:
         raise FormatError(f"GPTQ needs a 2-D weight [K, N] contracted on axis 0, got shape "
@@ -58,76 +70,80 @@ def inverse_hessian_factor(h: Array, damp: float) -> tuple[Array, float]:
                         "the calibration activations are degenerate (all zero or NaN?)")
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "block_size"))
-def _sweep(w: Array, u: Array, perm: Array, spec: ArraySpec, block_size: int):
-    """Quantize rows of w (already permuted; perm[i] = original index of row i)."""
+def sweep_block_size(block_size: int, group: int) -> int:
+    """The lazy-update block size actually used: `block_size` adjusted so that blocks and groups
+    align (a divisor of the group size, or a multiple of it, not above block_size)."""
+    if group >= block_size:
+        return max(d for d in range(1, block_size + 1) if group % d == 0)
+    return (block_size // group) * group
+
+
+def _range_scales(fmt, spec: ArraySpec, xb: Array) -> tuple[Array, Array]:
+    """Blocked weights -> (effective scale, zero-point as f32), grid-shaped, under spec's clipping."""
+    scales_fn = functools.partial(scales_for_range, fmt, spec)
+    lo, hi = block_range(xb, fmt, spec.clipping, scales_fn)
+    sc = scales_fn(lo, hi)
+    zp = sc.zero_point if sc.zero_point is not None else jnp.zeros_like(lo, jnp.uint8)
+    return sc.effective, zp.astype(jnp.float32)
+
+
+@functools.partial(jax.jit, static_argnames=("spec", "bs", "dynamic"))
+def _sweep(w: Array, u: Array, row_group: Array, eff: Array, zps: Array, spec: ArraySpec,
+           bs: int, dynamic: bool) -> tuple[Array, Array, Array]:
+    """Quantize the rows of w f32 [Kp, N] in order (already permuted and zero-padded to a
+    multiple of bs). u f32 [Kp, Kp]: upper factor; row_group int32 [Kp]: stored group of each
+    row; eff, zps f32 [Gp, N]: group scales (dynamic: overwritten at each group's first row).
+    Returns (codes [Kp, N], eff, zps)."""
     fmt = get_format(spec.format)
-    k, n = w.shape
+    kp, n = w.shape
     g = spec.block_shape[0]
-    n_groups = -(-k // g)  # a ragged last group is allowed
-    group_of = perm // g  # group of each permuted row
 
-    def group_scales(wcur: Array, grp: Array) -> tuple[Array, Array]:
-        mask = (group_of == grp)[:, None]
-        lo = jnp.min(jnp.where(mask, wcur, jnp.inf), axis=0, keepdims=True)
-        hi = jnp.max(jnp.where(mask, wcur, -jnp.inf), axis=0, keepdims=True)
-        sc = scales_for_range(fmt, spec, lo, hi)
-        zp = sc.zero_point if sc.zero_point is not None else jnp.zeros_like(lo, jnp.uint8)
-        return sc.effective[0], zp[0].astype(jnp.float32)
+    def slab_scales(slab: Array) -> tuple[Array, Array]:
+        s, z = _range_scales(fmt, spec, blocks.to_blocks(slab, (g, 1)))
+        return s[0], z[0]
 
-    def quant_row(row: Array, s: Array, zp: Array) -> tuple[Array, Array]:
-        safe = jnp.where(s > 0, s, 1.0)
-        codes = fmt.codec.encode(row / safe + zp)
-        return codes, (fmt.codec.decode(codes) - zp) * s
-
-    eff0 = jnp.zeros((n_groups, n), jnp.float32)
-    zp0 = jnp.zeros((n_groups, n), jnp.float32)
-    done0 = jnp.zeros((n_groups,), bool)
-    codes0 = jnp.zeros((k, n), fmt.codec.storage_dtype)
+    def set_group(grp, slab, eff, zps):
+        s, z = slab_scales(slab)
+        return eff.at[grp].set(s), zps.at[grp].set(z)
 
     def block_body(b: Array, carry):
-        w, eff, zps, done, codes = carry
-        start = b * block_size
-        wb = jax.lax.dynamic_slice(w, (start, 0), (block_size, n))
-        ub = jax.lax.dynamic_slice(u, (start, start), (block_size, block_size))
+        w, eff, zps, codes = carry
+        start = b * bs
+        if dynamic and g >= bs:  # a group starts at this block's first row
+            eff, zps = jax.lax.cond(
+                start % g == 0,
+                lambda e, z: set_group(start // g, jax.lax.dynamic_slice(w, (start, 0), (g, n)), e, z),
+                lambda e, z: (e, z), eff, zps)
+        wb = jax.lax.dynamic_slice(w, (start, 0), (bs, n))
+        ub = jax.lax.dynamic_slice(u, (start, start), (bs, bs))
 
         def row_body(j: Array, inner):
-            wb, errs, w, eff, zps, done, codes = inner
-            i = start + j
-            grp = group_of[i]
-            # the group's scale is fixed the first time the sweep reaches one of its rows
-            def fresh_scales(_):
-                return group_scales(jax.lax.dynamic_update_slice(w, wb, (start, 0)), grp)
-
-            s_new, z_new = jax.lax.cond(
-                done[grp], lambda _: (eff[grp], zps[grp]), fresh_scales, None
-            )
-            eff = eff.at[grp].set(s_new)
-            zps = zps.at[grp].set(z_new)
-            done = done.at[grp].set(True)
+            wb, errs, qb, eff, zps = inner
+            if dynamic and g < bs:  # a group starts inside this block
+                eff, zps = jax.lax.cond(
+                    j % g == 0,
+                    lambda e, z: set_group((start + j) // g,
+                                           jax.lax.dynamic_slice(wb, (j, 0), (g, n)), e, z),
+                    lambda e, z: (e, z), eff, zps)
+            grp = row_group[start + j]
+            s, z = eff[grp], zps[grp]
             row = wb[j]
-            c, deq = quant_row(row, eff[grp], zps[grp])
-            codes = codes.at[i].set(c)
+            c = fmt.codec.encode(row / jnp.where(s > 0, s, 1.0) + z)
+            deq = (fmt.codec.decode(c) - z) * s
             err = (row - deq) / ub[j, j]
-            later = (jnp.arange(block_size) > j)[:, None]
-            wb = wb - jnp.where(later, ub[j][:, None] * err[None, :], 0.0)
-            errs = errs.at[j].set(err)
-            return wb, errs, w, eff, zps, done, codes
+            wb = wb - ub[j][:, None] * err[None, :]  # U is upper: only rows >= j change
+            return wb, errs.at[j].set(err), qb.at[j].set(c), eff, zps
 
-        errs0 = jnp.zeros((block_size, n), jnp.float32)
-        wb, errs, w, eff, zps, done, codes = jax.lax.fori_loop(
-            0, block_size, row_body, (wb, errs0, w, eff, zps, done, codes)
-        )
-        # lazy update of all rows after this block: W[rest] -= U[block, rest]^T err
-        u_rows = jax.lax.dynamic_slice(u, (start, 0), (block_size, k))
-        after = (jnp.arange(k) >= start + block_size)[:, None]
-        w = w - jnp.where(after, u_rows.T @ errs, 0.0)
-        w = jax.lax.dynamic_update_slice(w, wb, (start, 0))
-        return w, eff, zps, done, codes
+        init = (wb, jnp.zeros((bs, n), jnp.float32), jnp.zeros((bs, n), codes.dtype), eff, zps)
+        _, errs, qb, eff, zps = jax.lax.fori_loop(0, bs, row_body, init)
+        # lazy update of the later rows: W[j] -= sum_{i in block} U_ij err_i (rows of this block
+        # are done; U's rows before the block are zero there)
+        u_rows = jax.lax.dynamic_slice(u, (start, 0), (bs, kp))
+        w = w - jnp.dot(u_rows.T, errs, precision=_HI)
+        return w, eff, zps, jax.lax.dynamic_update_slice(codes, qb, (start, 0))
 
-    _, eff, zps, _, codes = jax.lax.fori_loop(
-        0, k // block_size, block_body, (w, eff0, zp0, done0, codes0)
-    )
+    codes0 = jnp.zeros((kp, n), fmt.codec.storage_dtype)
+    _, eff, zps, codes = jax.lax.fori_loop(0, kp // bs, block_body, (w, eff, zps, codes0))
     return codes, eff, zps
 
 
@@ -142,14 +158,24 @@ def gptq_quantize(
 ) -> QArray:
     """GPTQ-quantize W [K, N] (f32/bf16) given H [K, K] (f32) into a QArray laid out like RTN's.
 
-    spec: per-channel or per-group (along K) INT/FP8/MX scheme. block_size must divide K (it is
-    reduced to the largest divisor of K not above it otherwise).
+    spec: per-channel or per-group (along K) INT/FP8/MX scheme; its clipping picks each group's
+    range. block_size: rows per lazy update (adjusted to align with the groups, see
+    sweep_block_size). damp: fraction of mean(diag H) added to the diagonal (grown x10 until H
+    is positive definite). act_order: visit rows by descending H_ii (static group scales).
     """
     check_gptq_spec(spec, tuple(w.shape))
     k, n = w.shape
     if hessian.shape != (k, k):
         raise JaxquantError(f"GPTQ: Hessian shape {hessian.shape} does not match K={k}")
+    if block_size < 1:
+        raise JaxquantError(f"GPTQ: block_size={block_size} must be >= 1 (128 is typical)")
     fmt = get_format(spec.format)
+    g = spec.block_shape[0]
+    dynamic = spec.granularity == "group" and not act_order
+    bs = sweep_block_size(block_size, g) if dynamic else min(block_size, k)
+    kp = -(-k // bs) * bs
+    if dynamic:
+        kp = -(-kp // g) * g if g >= bs else kp
     w32 = jnp.asarray(w, jnp.float32)
     h = jnp.asarray(hessian, jnp.float32)
     dead = jnp.diag(h) == 0
@@ -157,22 +183,28 @@ def gptq_quantize(
     w32 = jnp.where(dead[:, None], 0.0, w32)
     perm = jnp.argsort(-jnp.diag(h)) if act_order else jnp.arange(k)
     u, _ = inverse_hessian_factor(h[perm][:, perm], damp)
-    bs = max(d for d in range(1, min(block_size, k) + 1) if k % d == 0)
-    codes_p, eff, zps = _sweep(w32[perm], u, perm, spec, bs)
-    codes = jnp.zeros_like(codes_p).at[perm].set(codes_p)
-    stored_dtype = jnp.dtype(spec.scale_dtype)
+    # padded rows are zero weights with an independent unit Hessian: U stays block diagonal
+    u = jnp.zeros((kp, kp), jnp.float32).at[:k, :k].set(u).at[k:, k:].set(jnp.eye(kp - k))
+    wp = jnp.zeros((kp, n), jnp.float32).at[:k].set(w32[perm])
+    if dynamic:
+        n_groups = kp // g
+        row_group = jnp.arange(kp, dtype=jnp.int32) // g
+        eff = jnp.zeros((n_groups, n), jnp.float32)
+        zps = jnp.zeros((n_groups, n), jnp.float32)
+    else:  # static scales from the original weights, in the stored layout
+        eff, zps = _range_scales(fmt, spec, blocks.to_blocks(w32, spec.block_shape))
+        row_group = jnp.zeros((kp,), jnp.int32).at[:k].set((perm // g).astype(jnp.int32))
+    codes_p, eff, zps = _sweep(wp, u, row_group, eff, zps, spec, bs, dynamic)
+    n_stored = -(-k // g)
+    eff, zps = eff[:n_stored], zps[:n_stored]
+    codes = jnp.zeros((k, n), codes_p.dtype).at[perm].set(codes_p[:k])
     if fmt.scale_kind == "e8m0":
-        from jaxquant.formats.floating import e8m0_encode
-
         _, e = jnp.frexp(eff)
         stored = e8m0_encode(e.astype(jnp.int32) - 1)
     else:
-        stored = eff.astype(stored_dtype)  # exact: eff was computed in the stored dtype
+        stored = eff.astype(jnp.dtype(spec.scale_dtype))  # exact: eff came from the stored dtype
     zero_point = zps.astype(jnp.uint8) if fmt.asymmetric else None
-    sc = Scales(stored, zero_point, eff)
     qvalue = pack_nibbles(codes, 0) if fmt.codec.packed else codes
-    from jaxquant.core.qarray import QMeta
-
     meta = QMeta(spec.format, (k, n), jnp.dtype(w.dtype).name, spec.block_shape, 0,
                  spec.granularity)
-    return QArray(qvalue, sc.stored, sc.zero_point, meta)
+    return QArray(qvalue, stored, zero_point, meta)
