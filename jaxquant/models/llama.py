@@ -93,6 +93,9 @@ class Attention(nn.Module):
         # Causality is by slot: query i (slot start + i) sees keys in slots <= start + i.
         if cache is not None:
             cache = kv_cache.write(cache, self.layer, k, v)
+            if t == 1:  # decoding: attention reads the stored (possibly quantized) cache itself
+                out = kv_cache.attend(cache, self.layer, q[:, 0]).reshape(b, 1, -1)
+                return dense(c.d_model, "o_proj")(out.astype(c.dtype)), cache
             k, v = kv_cache.read(cache, self.layer, c.dtype)
             q_slot = cache.length + jnp.arange(t, dtype=jnp.int32)
         else:
@@ -171,6 +174,8 @@ class Llama(nn.Module):
             cache = kv_cache.advance(cache, t)
         return logits.astype(jnp.float32), cache
 
-    def init_cache(self, batch: int, max_len: int, dtype: Any = None) -> KVCache:
-        """An empty KVCache for this model (see jaxquant.models.kv_cache.init_cache)."""
-        return kv_cache.init_cache(self.cfg, batch, max_len, dtype)
+    def init_cache(self, batch: int, max_len: int, dtype: Any = None,
+                   kv: Any = None) -> KVCache:
+        """An empty KVCache for this model; kv: a storage format ("bf16", "int8", "fp8",
+        "int4") or KVCacheSpec (see jaxquant.models.kv_cache.init_cache)."""
+        return kv_cache.init_cache(self.cfg, batch, max_len, dtype, kv)
