@@ -8,6 +8,10 @@ quantized weights without edits. Parameter paths:
     params/layers_{i}/post_attn_norm/scale         [d]
     params/layers_{i}/mlp/{gate,up,down}_proj/kernel
     params/final_norm/scale, params/lm_head/kernel (untied heads only)
+With LlamaConfig.fused_projections, q/k/v become one layer attn/qkv_proj ([d, (H + 2 Hkv) D],
+columns q | k | v) and gate/up one layer mlp/gate_up_proj ([d, 2 F], columns gate | up):
+fewer, wider matmuls per block, which is what decoding wants (fuse_projections converts a
+tree; per-output-column and group-along-K quantization give the same codes either way).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
+from jaxquant.core.qarray import is_qarray
 from jaxquant.errors import JaxquantError
 from jaxquant.models import kv_cache
 from jaxquant.models.kv_cache import KVCache
@@ -41,6 +46,7 @@ class LlamaConfig:
     tie_embeddings: bool = True
     max_seq_len: int = 2048
     dtype: Any = jnp.float32  # compute dtype
+    fused_projections: bool = False  # one qkv_proj and one gate_up_proj per block
 
     def __post_init__(self) -> None:
         if self.n_heads % self.n_kv_heads:
@@ -86,9 +92,14 @@ class Attention(nn.Module):
         c = self.cfg
         b, t, _ = x.shape
         dense = lambda n, name: nn.Dense(n, use_bias=False, dtype=c.dtype, name=name)  # noqa: E731
-        q = dense(c.n_heads * c.head_dim, "q_proj")(x).reshape(b, t, c.n_heads, c.head_dim)
-        k = dense(c.n_kv_heads * c.head_dim, "k_proj")(x).reshape(b, t, c.n_kv_heads, c.head_dim)
-        v = dense(c.n_kv_heads * c.head_dim, "v_proj")(x).reshape(b, t, c.n_kv_heads, c.head_dim)
+        nq, nkv = c.n_heads * c.head_dim, c.n_kv_heads * c.head_dim
+        if c.fused_projections:
+            q, k, v = jnp.split(dense(nq + 2 * nkv, "qkv_proj")(x), (nq, nq + nkv), axis=-1)
+        else:
+            q, k, v = dense(nq, "q_proj")(x), dense(nkv, "k_proj")(x), dense(nkv, "v_proj")(x)
+        q = q.reshape(b, t, c.n_heads, c.head_dim)
+        k = k.reshape(b, t, c.n_kv_heads, c.head_dim)
+        v = v.reshape(b, t, c.n_kv_heads, c.head_dim)
         q, k = rope(q, positions, c.rope_theta), rope(k, positions, c.rope_theta)
         # Causality is by slot: query i (slot start + i) sees keys in slots <= start + i.
         if cache is not None:
@@ -121,7 +132,11 @@ class MLP(nn.Module):
     def __call__(self, x: Array) -> Array:
         c = self.cfg
         dense = lambda n, name: nn.Dense(n, use_bias=False, dtype=c.dtype, name=name)  # noqa: E731
-        h = jax.nn.silu(dense(c.ffn_dim, "gate_proj")(x)) * dense(c.ffn_dim, "up_proj")(x)
+        if c.fused_projections:
+            gate, up = jnp.split(dense(2 * c.ffn_dim, "gate_up_proj")(x), 2, axis=-1)
+        else:
+            gate, up = dense(c.ffn_dim, "gate_proj")(x), dense(c.ffn_dim, "up_proj")(x)
+        h = jax.nn.silu(gate) * up
         return dense(c.d_model, "down_proj")(h)
 
 
@@ -179,3 +194,32 @@ class Llama(nn.Module):
         """An empty KVCache for this model; kv: a storage format ("bf16", "int8", "fp8",
         "int4") or KVCacheSpec (see jaxquant.models.kv_cache.init_cache)."""
         return kv_cache.init_cache(self.cfg, batch, max_len, dtype, kv)
+
+
+_FUSED = (("attn", "qkv_proj", ("q_proj", "k_proj", "v_proj")),
+          ("mlp", "gate_up_proj", ("gate_proj", "up_proj")))
+
+
+def fuse_projections(params: dict[str, Any]) -> dict[str, Any]:
+    """A float {"params": ...} tree of an unfused Llama -> the tree of the same model with
+    LlamaConfig.fused_projections (kernels concatenated along the output axis). Quantize after
+    fusing: per-column and group-along-K schemes give the same codes as on the parts."""
+    inner = dict(params["params"])
+    for name, block in inner.items():
+        if not name.startswith("layers_"):
+            continue
+        block = {k: dict(v) for k, v in block.items()}
+        for sub, fused, parts in _FUSED:
+            mods = block[sub]
+            if fused in mods:
+                raise JaxquantError(f"{name}/{sub} is already fused ({fused} present)")
+            missing = [p for p in parts if p not in mods]
+            if missing:
+                raise JaxquantError(f"{name}/{sub}: no {', '.join(missing)} to fuse")
+            kernels = [mods.pop(p)["kernel"] for p in parts]
+            if any(is_qarray(k) for k in kernels):
+                raise JaxquantError(f"{name}/{sub}: fuse_projections takes float kernels; fuse "
+                                    "before quantizing")
+            mods[fused] = {"kernel": jnp.concatenate(kernels, axis=1)}
+        inner[name] = block
+    return {**params, "params": inner}

@@ -1,6 +1,9 @@
 """End-to-end decode of a Llama-3-8B-shaped decoder: bf16 vs W4A16 (Pallas kernel) vs W4A16
 through XLA's dequantize-then-dot, tokens per second at several batch sizes, weight memory.
 
+Variants: bf16 and W4A16 weights (the `w4a16` preset: int4 g128, head and embedding in bf16;
+"+head" quantizes the output head too), with separate q/k/v and gate/up layers or "fused" into
+qkv_proj and gate_up_proj (LlamaConfig.fused_projections: fewer, wider matmuls per block).
 Random weights (the speed of a matmul does not depend on its values), 32 layers, d=4096,
 ffn 14336, GQA 32/8, head_dim 128, vocab 128256, untied head. Each variant runs the model's
 own Linen forward under jaxquant.intercept() with a KV cache: a jitted decode step (cache donated)
@@ -9,7 +12,8 @@ argmax of the last logits, so every step depends on the one before, as in real d
 the cache holds 3 * steps + 8 positions, so attention is a small part of each step);
 the median of three such runs gives seconds per step and tokens/s = batch / step.
 
-    python -m jaxquant.kernels.benchmarks.decode_e2e [--batches 1,8,32,64] [--layers 32] [--small]
+    python -m jaxquant.kernels.benchmarks.decode_e2e [--batches 1,8,32,64] [--variants ...]
+        [--profile] [--layers 32] [--small]
 
 Writes kernels/benchmarks/results/<date>-<device>-decode.json (or $OUT/... when OUT is set).
 """
@@ -30,7 +34,8 @@ import numpy as np
 
 import jaxquant as jq
 from jaxquant.kernels.benchmarks import harness as H
-from jaxquant.models.llama import Llama, LlamaConfig
+from jaxquant.kernels.autotune import device_us
+from jaxquant.models.llama import Llama, LlamaConfig, fuse_projections
 from jaxquant.recipes.recipe import DEFAULT_IGNORE, DEFAULT_TARGETS, Recipe, Rule
 
 LLAMA3_8B = LlamaConfig(vocab_size=128256, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=8,
@@ -74,10 +79,12 @@ def param_bytes(tree: Any) -> int:
     return int(total)
 
 
-def time_decode(model: Llama, params: Any, batch: int, backend: str, *,
-                steps: int) -> tuple[float, list[str]]:
-    """(median seconds per decode step, dispatch paths the quantized layers took) for `batch` sequences."""
-    cache = model.init_cache(batch, 3 * steps + 8, jnp.bfloat16)
+def time_decode(model: Llama, params: Any, batch: int, backend: str, *, steps: int,
+                profile: bool = False) -> tuple[float, list[str], dict]:
+    """(median seconds per decode step, dispatch paths the quantized layers took, profile) for
+    `batch` sequences; profile (when asked, on GPU): summed kernel time per step and the
+    kernels that take most of it."""
+    cache = model.init_cache(batch, 3 * steps + 16, jnp.bfloat16)
 
     def step(p, tok, cache):
         logits, cache = model.apply(p, tok, cache=cache)
@@ -95,7 +102,18 @@ def time_decode(model: Llama, params: Any, batch: int, backend: str, *,
             tok, cache = run(params, tok, cache)
         jax.block_until_ready(tok)
         ts.append((time.perf_counter() - t0) / steps)
-    return statistics.median(ts), paths
+    prof: dict = {}
+    if profile:
+        state = [tok, cache]
+
+        def one():
+            state[0], state[1] = run(params, state[0], state[1])
+            return state[0]
+
+        total, per = device_us(one, iters=5)
+        top = {k[:60]: round(v, 1) for k, v in list(per.items())[:5]}
+        prof = dict(kernel_us_per_step=total, top_kernels_us=top)
+    return statistics.median(ts), paths, prof
 
 
 def check_logits(cfg: LlamaConfig, qparams: Any, layers: int = 2) -> float:
@@ -114,52 +132,77 @@ def check_logits(cfg: LlamaConfig, qparams: Any, layers: int = 2) -> float:
     return H.rel_err(outs[1], outs[0])
 
 
+# name -> (fused projections, recipe (None: bf16 weights), dispatch backend)
+VARIANTS: dict[str, tuple[bool, Recipe | None, str]] = {
+    "bf16": (False, None, "xla"),
+    "bf16 fused": (True, None, "xla"),
+    "w4a16": (False, w4a16_recipe(False), "auto"),
+    "w4a16 fused": (True, w4a16_recipe(False), "auto"),
+    "w4a16+head fused": (True, w4a16_recipe(True), "auto"),
+    "w4a16 (XLA dequant)": (False, w4a16_recipe(False), "xla"),
+}
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batches", default="1,8,32,64")
+    ap.add_argument("--variants", default=",".join(VARIANTS),
+                    help=f"comma-separated, from: {', '.join(VARIANTS)}")
     ap.add_argument("--layers", type=int, default=32)
     ap.add_argument("--steps", type=int, default=32)
     ap.add_argument("--small", action="store_true", help="a tiny model (CPU smoke test)")
     ap.add_argument("--xla-int4-batches", default="1",
-                    help="batches at which the XLA dequantize+dot W4A16 path is also timed")
+                    help="batches at which the XLA dequantize+dot W4A16 path is timed")
+    ap.add_argument("--profile", action="store_true",
+                    help="also sum GPU kernel time per step (profiler trace) at each batch")
     args = ap.parse_args(argv)
+    names = args.variants.split(",")
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        ap.error(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
     cfg = SMALL if args.small else dataclasses.replace(LLAMA3_8B, n_layers=args.layers)
     batches = [int(b) for b in args.batches.split(",")]
     xla_batches = {int(b) for b in args.xla_int4_batches.split(",") if b}
     dev = jax.devices()[0]
-    model = Llama(cfg)
-    bf16 = random_params(cfg)
-    variants: list[tuple[str, Any, str]] = [("bf16", bf16, "xla")]
-    for head in (False, True):
-        q = jq.quantize(bf16, w4a16_recipe(head))
-        name = "w4a16" + ("+head" if head else "")
-        variants.append((name, q, "auto"))
-        if not head:
-            variants.append((name + " (XLA dequant)", q, "xla"))
-    err = check_logits(cfg, variants[1][1])
+    floats = {False: random_params(cfg)}
+    if any(VARIANTS[n][0] for n in names):
+        floats[True] = fuse_projections(floats[False])
+    models = {f: Llama(dataclasses.replace(cfg, fused_projections=f)) for f in floats}
+    err = check_logits(cfg, jq.quantize(floats[False], w4a16_recipe(False)))
     print(f"device {dev.device_kind}, jax {jax.__version__}; {cfg.n_layers} layers, d={cfg.d_model}"
-          f", ffn={cfg.ffn_dim}; W4A16 logits vs XLA dequant: rel err {err:.2e}", flush=True)
+          f", ffn={cfg.ffn_dim}; W4A16 logits vs XLA dequant (2 blocks): rel err {err:.2e}",
+          flush=True)
     rows: list[dict] = []
     base: dict[int, float] = {}
-    print("variant | batch | ms/step | tok/s | x bf16 | weight GB | paths", flush=True)
-    for name, params, backend in variants:
+    print("variant | batch | ms/step | tok/s | x bf16 | weight GB | paths | kernel ms/step",
+          flush=True)
+    for name in names:
+        fused, recipe, backend = VARIANTS[name]
+        params = floats[fused] if recipe is None else jq.quantize(floats[fused], recipe)
         for b in batches:
             if "XLA" in name and b not in xla_batches:
                 continue
-            s, paths = time_decode(model, params, b, backend, steps=args.steps)
+            s, paths, prof = time_decode(models[fused], params, b, backend, steps=args.steps,
+                                         profile=args.profile)
             if name == "bf16":
                 base[b] = s
             row = dict(variant=name, batch=b, ms_per_step=s * 1e3, tok_per_s=b / s,
                        vs_bf16=base.get(b, float("nan")) / s, weight_bytes=param_bytes(params),
-                       paths=paths)
+                       paths=paths, **prof)
             rows.append(row)
+            kms = prof.get("kernel_us_per_step", float("nan")) / 1e3
             print(f"{name} | {b} | {s * 1e3:.2f} | {b / s:.1f} | {row['vs_bf16']:.2f} | "
-                  f"{row['weight_bytes'] / 1e9:.2f} | {paths}", flush=True)
+                  f"{row['weight_bytes'] / 1e9:.2f} | {paths} | {kms:.2f}", flush=True)
+            if prof:
+                print(f"    top kernels (us/step): {prof['top_kernels_us']}", flush=True)
+        del params
     meta = dict(kernel="_meta", device=dev.device_kind, jax=jax.__version__,
-                date=datetime.date.today().isoformat(), config=dataclasses.asdict(cfg) | {
-                    "dtype": "bfloat16"}, steps=args.steps, logits_rel_err=err,
+                date=datetime.date.today().isoformat(),
+                config=dataclasses.asdict(cfg) | {"dtype": "bfloat16"}, steps=args.steps,
+                logits_rel_err=err,
                 method="jitted one-token decode step (cache donated), warm-up, 3 runs of `steps` "
-                       "dependent steps, median seconds per step")
+                       "dependent steps, median seconds per step; x bf16 against the unfused "
+                       "bf16 model at the same batch")
     root = os.environ.get("OUT") or os.path.join(os.path.dirname(__file__), "results")
     kind = str(dev.device_kind).replace(" ", "_")
     H.write_json(os.path.join(root, f"{meta['date']}-{kind}-decode.json"), [meta] + rows)

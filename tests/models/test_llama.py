@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from jaxquant.errors import JaxquantError
 from jaxquant.models import kv_cache
 from jaxquant.models.llama import Llama, LlamaConfig
 
@@ -191,3 +192,32 @@ def test_smollm2_tree_matches_module_init(smollm2):
     assert jax.tree_util.tree_structure(shapes) == jax.tree_util.tree_structure(m.params)
     assert jax.tree_util.tree_all(jax.tree_util.tree_map(
         lambda s, p: s.shape == p.shape and p.dtype == jnp.float32, shapes, m.params))
+
+
+def test_fused_projections_match_separate_layers_float_and_w4a16():
+    """qkv_proj / gate_up_proj compute the same model; int4 g128 codes are the same too."""
+    import dataclasses
+
+    import jaxquant as jq
+    from jaxquant.models.llama import fuse_projections
+
+    cfg = LlamaConfig(vocab_size=64, d_model=128, n_layers=2, n_heads=4, n_kv_heads=2,
+                      head_dim=32, ffn_dim=256)
+    fcfg = dataclasses.replace(cfg, fused_projections=True)
+    tok = jnp.arange(12, dtype=jnp.int32)[None] % 64
+    params = Llama(cfg).init(jax.random.key(3), tok)
+    fused = fuse_projections(params)
+    assert set(fused["params"]["layers_0"]["attn"]) == {"qkv_proj", "o_proj"}
+    assert set(fused["params"]["layers_1"]["mlp"]) == {"gate_up_proj", "down_proj"}
+    ref = np.asarray(Llama(cfg).apply(params, tok)[0])
+    np.testing.assert_allclose(np.asarray(Llama(fcfg).apply(fused, tok)[0]), ref, rtol=1e-5,
+                               atol=1e-5)
+    q, qf = jq.quantize(params, "w4a16"), jq.quantize(fused, "w4a16")
+    with jq.intercept():
+        a = np.asarray(Llama(cfg).apply(q, tok)[0])
+        b = np.asarray(Llama(fcfg).apply(qf, tok)[0])
+    np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+    with pytest.raises(JaxquantError, match="already fused"):
+        fuse_projections(fused)
+    with pytest.raises(JaxquantError, match="fuse before quantizing"):
+        fuse_projections(q)
