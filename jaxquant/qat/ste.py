@@ -1,0 +1,90 @@
+"""Fake quantization with straight-through gradients (jax.custom_vjp).
+
+Forward: exactly the real format's round trip: `jaxquant.core.quantize.fake_quantize` for
+weights (every format and granularity a WeightScheme resolves to), the W8A8 activation quantizer
+(`jaxquant.core.activations.quantize_activation`) for activations. Backward: the upstream
+gradient where the value lies inside its block's clipping range, zero outside (the scales are
+treated as constants; see jaxquant.qat.lsq for learnable scales).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+from jax import Array
+
+from jaxquant.core import blocks
+from jaxquant.core.activations import quantize_activation
+from jaxquant.core.qarray import QArray
+from jaxquant.core.quantize import quantize_array
+from jaxquant.core.spec import ActivationSpec, ArraySpec
+from jaxquant.formats.registry import QuantFormat, get_format
+
+
+def code_range(fmt: QuantFormat) -> tuple[float, float]:
+    """(lo, hi) of the values x / scale (+ zero-point) that a format represents without
+    clipping: [0, 2^b - 1] for asymmetric integers, [-qmax, qmax] otherwise (NF4: [-1, 1])."""
+    if fmt.asymmetric:
+        return 0.0, float(fmt.codec.levels)
+    return -float(fmt.codec.qmax), float(fmt.codec.qmax)
+
+
+def clip_mask(x: Array, q: QArray) -> Array:
+    """bool, x's shape: True where x (quantized as q) lies inside its block's clipping range."""
+    lo, hi = code_range(get_format(q.format))
+    xb = blocks.to_blocks(x.astype(jnp.float32), q.meta.block_shape)
+    s = q.block_scale()
+    y = xb / blocks.expand(jnp.where(s > 0, s, 1.0))  # 0: underflowed MX/NVFP4 scale, as encode
+    if q.zero_point is not None:
+        y = y + blocks.expand(q.zero_point.astype(jnp.float32))
+    return blocks.from_blocks((y >= lo) & (y <= hi), x.shape)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def fake_quant_ste(x: Array, spec: ArraySpec) -> Array:
+    """x (shape S, float) rounded onto `spec`'s grid exactly as quantize_array + dequantize
+    (same shape and dtype); gradient: straight through inside the clipping range, 0 outside."""
+    return quantize_array(x, spec).dequantize(x.dtype)
+
+
+def _weight_fwd(x: Array, spec: ArraySpec) -> tuple[Array, Array]:
+    q = quantize_array(x, spec)
+    return q.dequantize(x.dtype), clip_mask(x, q)
+
+
+def _weight_bwd(spec: ArraySpec, mask: Array, g: Array) -> tuple[Array]:
+    return (jnp.where(mask, g, jnp.zeros_like(g)),)
+
+
+fake_quant_ste.defvjp(_weight_fwd, _weight_bwd)
+
+
+def _activation_round_trip(x: Array, spec: ActivationSpec, contracting: tuple[int, ...]
+                           ) -> tuple[Array, Array]:
+    vals, s = quantize_activation(x, spec, contracting)
+    y = (vals.astype(jnp.float32) * s).astype(x.dtype)
+    qmax = float(get_format(spec.format).codec.qmax)
+    return y, jnp.abs(x.astype(jnp.float32) / s) <= qmax
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+def fake_quant_activation(x: Array, spec: ActivationSpec, contracting: tuple[int, ...]) -> Array:
+    """Activations x (any float shape) through the dynamic activation quantizer of W8A8 dots
+    (per token over the `contracting` axes, or per tensor) and back, in x.dtype; gradient
+    straight through inside [-qmax * scale, qmax * scale], 0 outside (scales held constant)."""
+    return _activation_round_trip(x, spec, contracting)[0]
+
+
+def _activation_fwd(x: Array, spec: ActivationSpec, contracting: tuple[int, ...]
+                    ) -> tuple[Array, Array]:
+    return _activation_round_trip(x, spec, contracting)
+
+
+def _activation_bwd(spec: ActivationSpec, contracting: tuple[int, ...], mask: Array, g: Array
+                    ) -> tuple[Array]:
+    return (jnp.where(mask, g, jnp.zeros_like(g)),)
+
+
+fake_quant_activation.defvjp(_activation_fwd, _activation_bwd)
