@@ -11,6 +11,7 @@ from typing import Any, Sequence
 from rich.console import Console
 from rich.table import Table
 
+from jaxquant.cli import inspect
 from jaxquant.errors import JaxquantError
 
 console = Console(stderr=True)
@@ -65,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "(default: w4a16)")
     q.add_argument("--out", required=True, help="output directory for the quantized checkpoint")
     q.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    q.add_argument("--format", choices=("orbax", "compressed-tensors"), default="orbax",
+                   help="checkpoint format of --out (default orbax)")
     q.add_argument("--no-eval", action="store_true", help="skip perplexity and generations")
     q.add_argument("--verbose", action="store_true", help="one summary row per parameter")
     _eval_args(q, 8192)
@@ -113,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print one JSON object")
 
     sub.add_parser("presets", help="list the preset recipes")
+    inspect.add_parser(sub)
     return parser
 
 
@@ -181,8 +185,8 @@ def cmd_quantize(args: argparse.Namespace) -> dict[str, Any]:
     from pathlib import Path
 
     import jaxquant as jq
-    from jaxquant import checkpoint
     from jaxquant.cli import pipeline
+    from jaxquant.interop import formats
 
     out_dir = Path(args.out)
     if out_dir.exists() and not args.overwrite:
@@ -208,8 +212,8 @@ def cmd_quantize(args: argparse.Namespace) -> dict[str, Any]:
             for p in pipeline.DEFAULT_PROMPTS
         ]
     start = time.perf_counter()
-    checkpoint.save(out_dir, loaded.params, loaded.recipe, overwrite=args.overwrite,
-                    extra={"model": args.model})
+    formats.save(out_dir, loaded.params, loaded.recipe, format=args.format,
+                 base_model=args.model, overwrite=args.overwrite)
     result["save_seconds"] = time.perf_counter() - start
     result["out"] = str(out_dir.absolute())
     if not args.json:
@@ -377,7 +381,7 @@ def _plot_ladder(costs: Any, path: str, title: str) -> None:
 
 
 COMMANDS = {"quantize": cmd_quantize, "eval": cmd_eval, "generate": cmd_generate,
-            "sensitivity": cmd_sensitivity, "presets": cmd_presets}
+            "sensitivity": cmd_sensitivity, "presets": cmd_presets, "inspect": inspect.run}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -49,7 +49,11 @@ def cached_model(name: str) -> LoadedModel:
 
 
 def is_checkpoint(path: str) -> bool:
-    return (Path(path) / checkpoint.orbax_io.MANIFEST).is_file()
+    """A saved or imported checkpoint directory (Orbax, compressed-tensors, GPTQ, AWQ)."""
+    p = Path(path)
+    return p.is_dir() and ((p / checkpoint.orbax_io.MANIFEST).is_file()
+                           or (p / "config.json").is_file()
+                           or (p / "quantize_config.json").is_file())
 
 
 def logits_fn(model: LoadedModel):
@@ -132,10 +136,13 @@ def load(model_arg: str, recipe_arg: str | None, *, method: str | None = None,
          ) -> Loaded:
     """A model name / GGUF path (quantized with recipe_arg if given) or a saved checkpoint."""
     if is_checkpoint(model_arg):
-        qparams, recipe, info = checkpoint.restore(model_arg)
-        base = info.get("extra", {}).get("model")
+        from jaxquant.interop import formats
+
+        qparams, recipe, base = formats.load(model_arg)
         if not base:
             raise JaxquantError(f"{model_arg}: checkpoint does not name its base model")
+        checkpoint.check_tree(qparams, cached_model(base).params, model_arg)
+        qparams = jax.tree_util.tree_map(jnp.asarray, qparams)
         if recipe_arg is not None or method or bits:
             raise JaxquantError("--recipe/--method/--bits cannot be combined with a quantized checkpoint "
                                 f"({model_arg} was saved with recipe {recipe.name!r})")
