@@ -1,0 +1,160 @@
+"""Data-parallel calibration: each device captures the layer inputs of its slice of the
+calibration batch; statistics are reduced across devices so that GPTQ / AWQ / SmoothQuant see
+exactly what one device would have seen.
+
+Reductions of jaxquant.methods.capture.LayerStats over the data axis (inside shard_map):
+  hessian  psum of the local X^T X   (equal to one device's up to float summation order)
+  absmax   pmax                      (exact)
+  abssum, count  psum
+  sample   the first S rows of the batch in device order (all_gather of each device's first S
+           rows, then merged): exactly the rows one device keeps, since device d holds windows
+           [d B / n, (d + 1) B / n) of the batch.
+Batches are merged in order, so the streaming statistics match the single-device stream.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+import warnings
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import Array, lax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+import jaxquant as jq
+from jaxquant.core.qarray import QArray
+from jaxquant.errors import JaxquantError
+from jaxquant.methods import sequential
+from jaxquant.methods.adapters import LlamaAdapter
+from jaxquant.methods.capture import LayerStats, captured_apply, update_stats
+from jaxquant.recipes.io import resolve_recipe
+from jaxquant.recipes.recipe import Recipe, Rule
+from jaxquant.tree_paths import flatten
+
+P = PartitionSpec
+
+
+def merge_samples(samples: Array, filled: Array) -> tuple[Array, Array]:
+    """samples [n, S, K] with filled [n] valid leading rows each -> (the first S valid rows in
+    order [S, K], how many there are)."""
+    n, s, _ = samples.shape
+    ends = jnp.cumsum(filled)
+    starts = ends - filled
+    rows = jnp.arange(s)
+    src = jnp.clip(jnp.searchsorted(ends, rows, side="right"), 0, n - 1)
+    inner = jnp.clip(rows - starts[src], 0, max(s - 1, 0))
+    valid = rows < ends[-1]
+    picked = samples[src, inner] if s else samples[0]
+    return jnp.where(valid[:, None], picked, 0.0), jnp.minimum(ends[-1], s).astype(jnp.int32)
+
+
+def merge_stats(first: LayerStats, then: LayerStats) -> LayerStats:
+    """Statistics of the rows of `first` followed by those of `then`."""
+    sample, filled = merge_samples(jnp.stack([first.sample, then.sample]),
+                                   jnp.stack([first.filled, then.filled]))
+    hessian = None if first.hessian is None else first.hessian + then.hessian
+    return LayerStats(hessian, jnp.maximum(first.absmax, then.absmax),
+                      first.abssum + then.abssum, first.count + then.count, sample, filled)
+
+
+def reduce_layer_stats(local: LayerStats, axis_name: str) -> LayerStats:
+    """Inside shard_map: one device's statistics -> those of all devices' rows in device order
+    (replicated). See the module docstring for each field."""
+    sample, filled = merge_samples(lax.all_gather(local.sample, axis_name),
+                                   lax.all_gather(local.filled, axis_name))
+    hessian = None if local.hessian is None else lax.psum(local.hessian, axis_name)
+    return LayerStats(hessian, lax.pmax(local.absmax, axis_name), lax.psum(local.abssum, axis_name),
+                      lax.psum(local.count, axis_name), sample, filled)
+
+
+def dp_block_statistics(mesh: Mesh, data_axis: str, adapter: LlamaAdapter, i: int, block: dict,
+                        rules: dict[str, Rule], hidden: list) -> dict[str, LayerStats]:
+    """sequential.block_statistics with the batch of hidden states split over `data_axis`:
+    each device captures its rows, statistics are reduced with psum / pmax / all_gather."""
+    if not any(r.method in sequential.CALIBRATED for r in rules.values()):
+        return {}
+    capture = captured_apply(adapter.block_module(i), quantized=False)
+
+    def batch_stats(block: dict, h: Array) -> dict[str, LayerStats]:
+        _, seen = capture({"params": block}, h, *adapter.block_args(h))
+        out = {}
+        for rel, x in seen.items():
+            rows = sequential.AWQ_SAMPLE_ROWS if rel in rules else 0
+            gptq = rel in rules and rules[rel].method == "gptq"
+            st = update_stats(LayerStats.init(x.shape[-1], hessian=gptq, sample_rows=rows), x)
+            out[rel] = reduce_layer_stats(st, data_axis)
+        return out
+
+    fn = jax.jit(jax.shard_map(batch_stats, mesh=mesh, in_specs=(P(), P(data_axis)),
+                               out_specs=P(), check_vma=False))
+    stats: dict[str, LayerStats] = {}
+    for h in hidden:
+        for rel, st in fn(block, h).items():
+            stats[rel] = merge_stats(stats[rel], st) if rel in stats else st
+    sequential._min_tokens(stats, {r: v for r, v in rules.items() if v.method == "gptq"})
+    return stats
+
+
+def quantize_calibrated_dp(
+    model: Any,
+    params: Any,
+    recipe: Recipe | str,
+    calibration_tokens: np.ndarray,
+    mesh: Mesh,
+    *,
+    data_axis: str = "data",
+    batch_size: int = 8,
+) -> tuple[Any, sequential.CalibrationReport]:
+    """jaxquant.methods.sequential.quantize_calibrated, data-parallel over `data_axis` of `mesh`:
+    calibration windows int32 [n_windows, T] are split across devices batch by batch (every
+    batch must split evenly), hidden states stay sharded, statistics are reduced across devices
+    (dp_block_statistics) and the per-layer methods run on the reduced statistics."""
+    recipe = resolve_recipe(recipe)
+    adapter = LlamaAdapter(model)
+    wins = np.asarray(calibration_tokens, np.int32)
+    if wins.ndim != 2 or wins.shape[0] == 0:
+        raise JaxquantError("calibration_tokens must be a non-empty [n_windows, seq_len] array")
+    n = mesh.shape[data_axis]
+    sizes = {len(wins[j: j + batch_size]) for j in range(0, len(wins), batch_size)}
+    if any(s % n for s in sizes):
+        raise JaxquantError(
+            f"calibration batches of {sorted(sizes)} windows do not split over {n} devices of "
+            f"mesh axis {data_axis!r}; use batch_size and a window count that are multiples of {n}")
+    report = sequential.CalibrationReport(tokens=int(wins.size))
+    start = time.perf_counter()
+    params = jax.tree_util.tree_map(lambda x: x, params)
+    batch_sharding = NamedSharding(mesh, P(data_axis))
+    embed = jax.jit(adapter.embed)
+    hidden = [embed(params, jax.device_put(wins[j: j + batch_size], batch_sharding))
+              for j in range(0, len(wins), batch_size)]
+    used: set[int] = set()
+    for i in range(adapter.n_blocks):
+        t0 = time.perf_counter()
+        prefix = adapter.block_path(i) + "/"
+        block = adapter.block_params(params, i)
+        rules: dict[str, Rule] = {}
+        for path, _ in flatten({"k": block})[0]:
+            rel = path[2:]
+            found = recipe.rule_for(prefix + rel) if rel.endswith("/kernel") else None
+            if found is not None:
+                used.add(found[0])
+                rules[rel[: -len("/kernel")]] = found[1]
+        stats = dp_block_statistics(mesh, data_axis, adapter, i, block, rules, hidden)
+        qblock = sequential._quantize_block(adapter, i, block, rules, stats, report)
+        params["params"][f"layers_{i}"] = qblock
+        run = jax.jit(captured_apply(adapter.block_module(i), quantized=True))
+        hidden = [run({"params": qblock}, h, *adapter.block_args(h))[0][0] for h in hidden]
+        report.block_seconds.append(time.perf_counter() - t0)
+    rest = Recipe(tuple(dataclasses.replace(r, method="rtn") for r in recipe.rules),
+                  ignore=recipe.ignore + (r"re:(^|/)layers_\d+/",), name=recipe.name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        params = jq.quantize(params, rest)
+    report.seconds = time.perf_counter() - start
+    if not used and not any(isinstance(x, QArray) for _, x in flatten(params)[0]):
+        raise JaxquantError(f"recipe {recipe.name!r} targets no layer of this model")
+    return params, report
