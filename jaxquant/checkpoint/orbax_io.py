@@ -141,12 +141,11 @@ class Checkpoint:
     def _stored_metadata(self) -> dict[str, Any]:
         try:
             meta = ocp.PyTreeCheckpointer().metadata(self.path / "arrays")
+            tree = getattr(meta, "item_metadata", meta)
+            return dict(getattr(tree, "tree", tree))
         except Exception as e:  # orbax raises assorted errors on missing/damaged metadata
             raise JaxquantError(f"{self.path}: cannot read the array metadata in arrays/ "
                                 f"({type(e).__name__}: {e}); the checkpoint is damaged") from None
-        tree = getattr(meta, "item_metadata", meta)
-        tree = getattr(tree, "tree", tree)
-        return dict(tree)
 
     @property
     def paths(self) -> list[str]:
