@@ -11,7 +11,7 @@ from typing import Any, Sequence
 from rich.console import Console
 from rich.table import Table
 
-from jaxquant.cli import inspect
+from jaxquant.cli import inspect, qat
 from jaxquant.errors import JaxquantError
 
 console = Console(stderr=True)
@@ -117,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("presets", help="list the preset recipes")
     inspect.add_parser(sub)
+    qat.add_parser(sub)
     return parser
 
 
@@ -381,7 +382,8 @@ def _plot_ladder(costs: Any, path: str, title: str) -> None:
 
 
 COMMANDS = {"quantize": cmd_quantize, "eval": cmd_eval, "generate": cmd_generate,
-            "sensitivity": cmd_sensitivity, "presets": cmd_presets, "inspect": inspect.run}
+            "sensitivity": cmd_sensitivity, "presets": cmd_presets, "inspect": inspect.run,
+            "qat": qat.run}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

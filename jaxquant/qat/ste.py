@@ -22,6 +22,15 @@ from jaxquant.core.quantize import quantize_array
 from jaxquant.core.spec import ActivationSpec, ArraySpec
 from jaxquant.formats.registry import QuantFormat, get_format
 
+# x / scale of a block's own absmax can land an ulp above qmax (the f32 scale amax / qmax is
+# rounded): such values count as inside, so the largest element of every block keeps its gradient
+RANGE_TOLERANCE = 2.0**-20
+
+
+def _inside(y: Array, lo: float, hi: float) -> Array:
+    tol = 1.0 + RANGE_TOLERANCE
+    return (y >= lo * tol) & (y <= hi * tol)
+
 
 def code_range(fmt: QuantFormat) -> tuple[float, float]:
     """(lo, hi) of the values x / scale (+ zero-point) that a format represents without
@@ -32,14 +41,15 @@ def code_range(fmt: QuantFormat) -> tuple[float, float]:
 
 
 def clip_mask(x: Array, q: QArray) -> Array:
-    """bool, x's shape: True where x (quantized as q) lies inside its block's clipping range."""
+    """bool, x's shape: True where x (quantized as q) lies inside its block's clipping range
+    (up to RANGE_TOLERANCE relative)."""
     lo, hi = code_range(get_format(q.format))
     xb = blocks.to_blocks(x.astype(jnp.float32), q.meta.block_shape)
     s = q.block_scale()
     y = xb / blocks.expand(jnp.where(s > 0, s, 1.0))  # 0: underflowed MX/NVFP4 scale, as encode
     if q.zero_point is not None:
         y = y + blocks.expand(q.zero_point.astype(jnp.float32))
-    return blocks.from_blocks((y >= lo) & (y <= hi), x.shape)
+    return blocks.from_blocks(_inside(y, lo, hi), x.shape)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
@@ -66,7 +76,7 @@ def _activation_round_trip(x: Array, spec: ActivationSpec, contracting: tuple[in
     vals, s = quantize_activation(x, spec, contracting)
     y = (vals.astype(jnp.float32) * s).astype(x.dtype)
     qmax = float(get_format(spec.format).codec.qmax)
-    return y, jnp.abs(x.astype(jnp.float32) / s) <= qmax
+    return y, _inside(x.astype(jnp.float32) / s, -qmax, qmax)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))
