@@ -247,8 +247,8 @@ def export_layer(q: QArray, name: str) -> tuple[dict[str, np.ndarray], dict]:
         raise CompressedTensorsError(
             f"{name}: block {q.meta.block_shape} of shape {q.meta.shape} has no compressed-tensors"
             f" equivalent (groups must divide in_features={inp}: e.g. group sizes "
-            f"{[g for g in (32, 64, 128, 256) if inp % g == 0]}); quantize with such a group "
-            "size or export with --format orbax")
+            f"{[g for g in (8, 16, 32, 64, 128, 256) if inp % g == 0]}); quantize with such a "
+            "group size or export with --format orbax")
     w = transpose2d(q)  # [out, in], axis 1
     scale = np.asarray(w.scale)
     scale = scale.reshape(1) if strategy == "tensor" else scale
