@@ -16,6 +16,8 @@ SMALL_ARGS: dict[str, list[str]] = {
     "quantize_nnx_model.py": ["--width", "128"],
     "recipe_from_file.py": ["--width", "128"],
     "static_activation_scales.py": [],
+    "export_restore.py": ["--width", "64"],
+    "export_restore_compressed_tensors.py": ["--width", "64"],
 }
 
 
