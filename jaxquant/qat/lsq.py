@@ -1,7 +1,7 @@
 """Learned step size (LSQ, Esser et al. 2020) fake quantization: block scales as parameters.
 
 The scale of every block is a trainable f32 log-scale (grid shape G), so it stays positive
-whatever the optimizer does. Forward: the real format's round trip with scale = exp(log_scale)
+(and finite: the log is clamped to LOG_SCALE_RANGE) whatever the optimizer does. Forward: the real format's round trip with scale = exp(log_scale)
 (rounded to the scheme's scale dtype, as stored). Backward, with v = x / s (+ zero-point) and
 Q = decode(encode(v)) (- zero-point):
     d out / d x = 1 inside the clipping range, 0 outside            (straight through)
@@ -46,9 +46,19 @@ def lsq_grad_scale(spec: ArraySpec) -> float:
     return 1.0 / math.sqrt(blocks.block_size(spec.block_shape) * hi)
 
 
+# exp of a log-scale clamped to this range is a positive, finite, normal f32 (and bf16) number
+LOG_SCALE_RANGE = (-80.0, 80.0)
+
+
+def positive_scale(log_scale: Array) -> Array:
+    """exp(log_scale) in f32, with log_scale clamped to LOG_SCALE_RANGE: always > 0 and finite."""
+    return jnp.exp(jnp.clip(log_scale.astype(jnp.float32), *LOG_SCALE_RANGE))
+
+
 def stored_scale(log_scale: Array, spec: ArraySpec) -> Array:
-    """The scale as QArray.scale stores it: exp(log_scale) rounded up to spec.scale_dtype."""
-    return round_up_cast(jnp.exp(log_scale.astype(jnp.float32)), jnp.dtype(spec.scale_dtype))
+    """The scale as QArray.scale stores it: positive_scale(log_scale) rounded up to
+    spec.scale_dtype."""
+    return round_up_cast(positive_scale(log_scale), jnp.dtype(spec.scale_dtype))
 
 
 def _scales(s: Array, zero_point: Array | None) -> Scales:
@@ -105,7 +115,7 @@ lsq_fake_quant.defvjp(_fwd, _bwd)
 def lsq_weight(x: Array, log_scale: Array, zero_point: Array | None, spec: ArraySpec) -> Array:
     """Fake-quantized weight with learnable log-scales (see the module docstring): the scale
     used is stored_scale(log_scale), its rounding to the scale dtype passed straight through."""
-    s = jnp.exp(log_scale.astype(jnp.float32))
+    s = positive_scale(log_scale)
     stored = stored_scale(jax.lax.stop_gradient(log_scale), spec).astype(jnp.float32)
     s = s + jax.lax.stop_gradient(stored - s)
     zp = None if zero_point is None else jax.lax.stop_gradient(zero_point)
