@@ -129,7 +129,8 @@ def _forward_case(cfg: LlamaConfig, recipe, backend: str, decode: bool) -> dict:
         with dispatch.settings(backend=backend):
             dec = _decode(jax.jit(tp_apply), qparams, tok, cache)
         with jq.intercept(backend=backend):
-            ref_dec = _decode(jax.jit(model.apply), single_params, tokens, model.init_cache(4, 32))
+            step1 = jax.jit(lambda p, t, c: model.apply(p, t, cache=c))
+            ref_dec = _decode(step1, single_params, tokens, model.init_cache(4, 32))
         result = {"decode_max_abs_err": float(np.abs(dec - ref_dec).max()),
                   "decode_argmax_agree": float((dec.argmax(-1) == ref_dec.argmax(-1)).mean()),
                   "cache_k_spec": str(cache.k.sharding.spec)}
@@ -153,9 +154,114 @@ def check_forward() -> dict:
     return {"w8a8-int8": w8, "w4a16-g32-pallas": w4}
 
 
+def _calibration_model():
+    cfg = dataclasses.replace(CFG, n_layers=1, n_heads=4, n_kv_heads=2, head_dim=32, ffn_dim=128)
+    model, params = tiny_model(cfg)
+    emb = params["params"]["embed"]["embedding"]  # an outlier channel, as trained LLMs have
+    params["params"]["embed"]["embedding"] = emb.at[:, 7].multiply(25.0)
+    tokens = np.asarray(jax.random.randint(jax.random.key(2), (16, 16), 0, cfg.vocab_size))
+    return model, params, tokens
+
+
+def _reduction_exact(mesh) -> dict:
+    """Two batches of rows [256, 64] (an outlier channel) streamed into LayerStats on one device,
+    against per-device statistics of the same rows (32 per device) reduced over the mesh and
+    merged batch by batch: the reduction itself, independent of any forward pass."""
+    from jaxquant.methods.capture import LayerStats, update_stats
+    from jaxquant.sharding.calibration import merge_stats, reduce_layer_stats
+
+    xs = [np.asarray(jax.random.normal(jax.random.key(i), (256, 64))) * np.where(
+        np.arange(64) == 5, 30.0, 1.0).astype(np.float32) for i in (3, 4)]
+    init = lambda: LayerStats.init(64, hessian=True, sample_rows=300)  # noqa: E731
+    ref = init()
+    for x in xs:
+        ref = update_stats(ref, jnp.asarray(x))
+    local = jax.jit(jax.shard_map(lambda x: reduce_layer_stats(update_stats(init(), x), "data"),
+                                  mesh=mesh, in_specs=P("data"), out_specs=P(),
+                                  check_vma=False))
+    got = None
+    for x in xs:
+        st = local(jax.device_put(x, NamedSharding(mesh, P("data"))))
+        got = st if got is None else merge_stats(got, st)
+    return {
+        "hessian_max_rel_err": float(jnp.abs(got.hessian - ref.hessian).max()
+                                     / jnp.abs(ref.hessian).max()),
+        "absmax_exact": bool((got.absmax == ref.absmax).all()),
+        "abssum_max_rel_err": float(jnp.abs(got.abssum - ref.abssum).max()
+                                    / jnp.abs(ref.abssum).max()),
+        "count": [int(got.count), int(ref.count)],
+        "filled": [int(got.filled), int(ref.filled)],
+        "samples_exact": bool((got.sample == ref.sample).all()),
+    }
+
+
+def _codes_agree(a, b) -> tuple[float, int]:
+    """(fraction of identical codes over all QArrays, largest difference in grid steps)."""
+    same = total = steps = 0
+    for x, y in zip(jax.tree.leaves(a, is_leaf=jq.is_qarray), jax.tree.leaves(b, is_leaf=jq.is_qarray)):
+        if isinstance(x, jq.QArray):
+            cx, cy = np.asarray(x.codes()), np.asarray(y.codes())
+            same += int((cx == cy).sum())
+            total += cx.size
+            fmt = jq.get_format(x.format)
+            vx = np.asarray(fmt.codec.decode(x.codes()), np.float32)
+            vy = np.asarray(fmt.codec.decode(y.codes()), np.float32)
+            steps = max(steps, int(np.abs(vx - vy).max()))
+    return same / max(total, 1), steps
+
+
+def check_calibration() -> dict:
+    from jaxquant.methods.sequential import quantize_calibrated
+
+    mesh = Mesh(np.array(jax.devices()[:8]), ("data",))
+    model, params, tokens = _calibration_model()
+    out = {"reduction": _reduction_exact(mesh)}
+    for recipe in ("w4a16-gptq", "w4a16-awq", "w8a8-smoothquant"):
+        ref, _ = quantize_calibrated(model, params, recipe, tokens, progress=False)
+        got, report = sh.quantize_calibrated_dp(model, params, recipe, tokens, mesh)
+        agree, steps = _codes_agree(got, ref)
+        out[recipe] = {"codes_identical_fraction": agree, "codes_max_step_difference": steps,
+                       "bit_exact": leaves_equal(got, ref), "tokens": report.tokens}
+    return out
+
+
+def check_checkpoint() -> dict:
+    from jaxquant.checkpoint import save
+
+    mesh = mesh_2d()
+    model, params = tiny_model()
+    specs = sh.llama_tp_specs(params, CFG, mesh)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        qparams = jq.quantize(params, W4_G32)
+    with tempfile.TemporaryDirectory() as tmp:
+        save(tmp + "/ckpt", qparams, W4_G32)
+        restored, recipe, _ = sh.restore_on_mesh(tmp + "/ckpt", mesh, specs)
+    o_proj = restored["params"]["layers_0"]["attn"]["o_proj"]["kernel"]
+    want = sh.named_shardings(sh.tree_specs(qparams, specs, mesh), mesh)
+    shardings_ok = all(
+        a.sharding.is_equivalent_to(b, a.ndim)
+        for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(want)))
+    try:
+        sh.restore_on_mesh(tmp + "/missing", mesh, specs)
+        missing_error = ""
+    except jq.JaxquantError as e:
+        missing_error = type(e).__name__
+    return {
+        "bit_exact": leaves_equal(restored, qparams),
+        "shardings_as_derived": shardings_ok,
+        "o_proj_qvalue_spec": str(o_proj.qvalue.sharding.spec),
+        "o_proj_shard_shape": list(o_proj.qvalue.addressable_shards[0].data.shape),
+        "per_device_bytes": sh.device_bytes(restored),
+        "recipe": recipe.name if recipe else None,
+        "missing_error": missing_error,
+    }
+
+
 def main() -> None:
     case = sys.argv[1]
-    fn = {"quantize": check_quantize, "forward": check_forward}[case]
+    fn = {"quantize": check_quantize, "forward": check_forward,
+          "calibration": check_calibration, "checkpoint": check_checkpoint}[case]
     result = {"devices": len(jax.devices()), "jax": jax.__version__, **fn()}
     print("JSON:" + json.dumps(result))
 
