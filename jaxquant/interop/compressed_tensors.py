@@ -18,6 +18,7 @@ quantization_config plus a "jaxquant" key (base model, recipe) that import reads
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -30,6 +31,7 @@ import ml_dtypes
 import numpy as np
 
 from jaxquant.core.qarray import QArray
+from jaxquant.core.spec import ActivationSpec
 from jaxquant.errors import JaxquantError
 from jaxquant.formats.registry import get_format
 from jaxquant.interop import int32_packing as packing
@@ -62,20 +64,44 @@ def read_config(path: Path) -> dict:
 
 
 def _scheme_for(layer: str, qcfg: dict) -> dict:
-    """The weights QuantizationArgs of the config group targeting `layer` (or the only one)."""
+    """The weights QuantizationArgs of the config group targeting `layer` (or the only Linear
+    group), plus "format" and "input_activations"."""
     groups = qcfg.get("config_groups") or {}
     if not isinstance(groups, dict) or not groups:
         raise CompressedTensorsError("quantization_config has no config_groups")
-    for g in groups.values():
-        targets = g.get("targets", [])
-        if layer in targets or any(t.startswith("re:") and re.fullmatch(t[3:], layer)
-                                   for t in targets):
-            return {**g.get("weights", {}), "format": g.get("format") or qcfg.get("format")}
-    linear = [g for g in groups.values() if "Linear" in g.get("targets", [])]
-    if len(linear) == 1:
-        return {**linear[0].get("weights", {}), "format": linear[0].get("format")
-                or qcfg.get("format")}
-    raise CompressedTensorsError(f"no config group of quantization_config targets {layer!r}")
+    chosen = [g for g in groups.values() if layer in g.get("targets", []) or any(
+        t.startswith("re:") and re.fullmatch(t[3:], layer) for t in g.get("targets", []))]
+    chosen = chosen or [g for g in groups.values() if "Linear" in g.get("targets", [])]
+    if len(chosen) != 1:
+        raise CompressedTensorsError(f"no single config group of quantization_config targets "
+                                     f"{layer!r}")
+    g = chosen[0]
+    return {**g.get("weights", {}), "format": g.get("format") or qcfg.get("format"),
+            "input_activations": g.get("input_activations")}
+
+
+def activation_from_args(args: dict | None, layer: str) -> ActivationSpec | None:
+    """compressed-tensors input_activations (dynamic, 8-bit, per token or tensor) ->
+    ActivationSpec; static activation scales are not read."""
+    if not args:
+        return None
+    kind, strategy = args.get("type"), args.get("strategy")
+    if (args.get("num_bits") != 8 or kind not in ("int", "float") or strategy not in
+            ("token", "tensor") or not args.get("dynamic", False)):
+        raise CompressedTensorsError(f"{layer}: input_activations {args} are not supported "
+                                     "(dynamic 8-bit int/float per token or tensor)")
+    return ActivationSpec("int8" if kind == "int" else "fp8_e4m3", strategy, dynamic=True)
+
+
+def activation_to_args(spec: ActivationSpec | None, layer: str) -> dict | None:
+    if spec is None:
+        return None
+    if not spec.dynamic or spec.format not in ("int8", "fp8_e4m3"):
+        raise CompressedTensorsError(f"{layer}: activation scheme {spec.format} "
+                                     f"{'dynamic' if spec.dynamic else 'static'} has no "
+                                     "compressed-tensors export (dynamic int8/fp8_e4m3 has)")
+    return dict(num_bits=8, type="int" if spec.format == "int8" else "float", symmetric=True,
+                strategy=spec.granularity, dynamic=True)
 
 
 def _need(f: SafetensorsFile, name: str, dtypes: tuple[Any, ...], shape: tuple[int, ...] | None
@@ -202,7 +228,8 @@ def _files(path: Path) -> list[SafetensorsFile]:
 
 def import_dir(path: str | os.PathLike, dtype: str | None = None) -> ImportedCheckpoint:
     """Read a compressed-tensors directory: every quantized Linear as an ImportedLinear (Flax
-    kernel layout), every other tensor as numpy (HF name and layout)."""
+    kernel layout), every other tensor as numpy (HF name and layout). The layers' logical dtype
+    is `dtype`, else config.json's torch_dtype, else their scales' dtype."""
     path = Path(path)
     cfg = read_config(path)
     qcfg = cfg["quantization_config"]
@@ -213,13 +240,21 @@ def import_dir(path: str | os.PathLike, dtype: str | None = None) -> ImportedChe
         raise CompressedTensorsError(f"{path}: quantization_status is "
                                      f"{qcfg.get('quantization_status')!r}; only compressed "
                                      "checkpoints are read")
+    torch_dtype = cfg.get("torch_dtype") or cfg.get("dtype")
+    dtype = dtype or (torch_dtype if torch_dtype in ("float32", "bfloat16", "float16") else None)
     layers: dict[str, ImportedLinear] = {}
     tensors: dict[str, np.ndarray] = {}
     for f in _files(path):
         quantized = {n.rsplit(".", 1)[0] for n in f.names()
                      if n.endswith((".weight_scale", ".weight_packed"))}
         for layer in sorted(quantized):
-            layers[layer] = import_layer(f, layer, _scheme_for(layer, qcfg), dtype)
+            scheme = _scheme_for(layer, qcfg)
+            lin = import_layer(f, layer, scheme, dtype)
+            act = activation_from_args(scheme["input_activations"], layer)
+            if act is not None:
+                lin.weight = dataclasses.replace(
+                    lin.weight, meta=dataclasses.replace(lin.weight.meta, activation=act))
+            layers[layer] = lin
         for name in f.names():
             prefix, _, suffix = name.rpartition(".")
             if prefix in quantized and suffix in _SUFFIXES:
@@ -302,8 +337,10 @@ def export_dir(path: str | os.PathLike, tree: Any, *, recipe: Any = None,
             prefix = hf[: -len(".weight")]
             layer_tensors, args = export_layer(leaf, leaf_path)
             tensors.update({f"{prefix}.{k}": v for k, v in layer_tensors.items()})
-            key = json.dumps(args, sort_keys=True)
-            groups.setdefault(key, {"targets": [], "weights": args})["targets"].append(prefix)
+            act = activation_to_args(leaf.meta.activation, leaf_path)
+            key = json.dumps([args, act], sort_keys=True)
+            groups.setdefault(key, {"targets": [], "weights": args, "input_activations": act}
+                              )["targets"].append(prefix)
         else:
             arr = np.asarray(leaf)
             tensors[hf] = np.ascontiguousarray(arr.T) if kernel else arr
@@ -314,9 +351,11 @@ def export_dir(path: str | os.PathLike, tree: Any, *, recipe: Any = None,
     for i, g in enumerate(groups.values()):
         g_fmt = "float-quantized" if g["weights"]["type"] == "float" else "pack-quantized"
         config_groups[f"group_{i}"] = {"targets": g["targets"], "weights": g["weights"],
-                                       "input_activations": None, "output_activations": None,
-                                       "format": g_fmt}
+                                       "input_activations": g["input_activations"],
+                                       "output_activations": None, "format": g_fmt}
+    logical = [leaf.meta.dtype for _, leaf in flatten(tree)[0] if isinstance(leaf, QArray)]
     config = {
+        "torch_dtype": logical[0] if logical else "bfloat16",
         "quantization_config": {
             "quant_method": QUANT_METHOD, "format": fmt, "quantization_status": "compressed",
             "config_groups": config_groups, "ignore": [], "kv_cache_scheme": None,

@@ -80,9 +80,10 @@ def load(path: str | os.PathLike) -> tuple[dict, Any, str | None]:
             imported.extra.get("base_model"))
 
 
-def describing_recipe(params: Any, fmt: str) -> Any:
+def describing_recipe(params: Any, fmt: str) -> Any | None:
     """A recipe named "<fmt>-import" whose one rule carries the first quantized leaf's scheme
-    (for reports; a checkpoint written elsewhere has no jaxquant recipe)."""
+    (for reports; a checkpoint written elsewhere has no jaxquant recipe); None if nothing is
+    quantized."""
     from jaxquant.core.qarray import QArray
     from jaxquant.recipes.recipe import Recipe, Rule
     from jaxquant.recipes.schemes import WeightScheme
@@ -90,7 +91,7 @@ def describing_recipe(params: Any, fmt: str) -> Any:
 
     q = next((leaf for _, leaf in flatten(params)[0] if isinstance(leaf, QArray)), None)
     if q is None:
-        raise JaxquantError(f"{fmt} checkpoint has no quantized layer")
+        return None
     group = q.meta.block_shape[q.meta.axis] if q.meta.granularity == "group" else None
     weight = WeightScheme(format=q.meta.format, granularity=q.meta.granularity,
                           group_size=group)
