@@ -11,6 +11,7 @@ from typing import Any, Sequence
 from rich.console import Console
 from rich.table import Table
 
+from jaxquant.cli import kv_cache_option
 from jaxquant.cli import inspect, qat
 from jaxquant.errors import JaxquantError
 
@@ -79,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    "checkpoint as --model, the quantized ones, in the same run.")
     _model_args(e, "quantize with this preset/recipe file before evaluating")
     _eval_args(e, 16384)
+    kv_cache_option.add_argument(e)
     e.add_argument("--json", action="store_true", help="print one JSON object")
 
     g = sub.add_parser("generate", help="generate text with a (quantized) model",
@@ -89,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1)")
     g.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
+    kv_cache_option.add_argument(g)
     g.add_argument("--json", action="store_true", help="print one JSON object")
 
     s = sub.add_parser("sensitivity", help="rank layers by quantization cost, build a "
@@ -145,8 +148,9 @@ def _metric_table(title: str, rows: list[tuple[str, str, str, str]]) -> Table:
     return t
 
 
-def _eval_pair(loaded, base_params, args) -> dict[str, Any]:
-    """Perplexity of the original and (if quantized) the quantized params on the same windows."""
+def _eval_pair(loaded, base_params, args, kv=None) -> dict[str, Any]:
+    """Perplexity of the original and (if quantized) the quantized params on the same windows;
+    a KV cache format `kv` applies to the quantized side (float weights too without a recipe)."""
     from jaxquant.cli import pipeline
     from jaxquant.evaluation import read_text
 
@@ -161,8 +165,9 @@ def _eval_pair(loaded, base_params, args) -> dict[str, Any]:
                      "tokens_per_second": orig.tokens_per_second,
                      "param_bytes": pipeline.param_bytes(base_params)},
     }
-    if loaded.recipe is not None:
-        quant = pipeline.evaluate(loaded.model, loaded.params, tokens, desc="quantized", **kw)
+    if loaded.recipe is not None or kv is not None:
+        quant = pipeline.evaluate(loaded.model, loaded.params, tokens, desc="quantized", kv=kv,
+                                  **kw)
         out["quantized"] = {"perplexity": quant.ppl, "nll": quant.nll,
                             "tokens_per_second": quant.tokens_per_second,
                             "param_bytes": pipeline.param_bytes(loaded.params)}
@@ -243,9 +248,11 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
     from jaxquant.cli import pipeline
 
     loaded = pipeline.load(args.model, args.recipe, **_quant_kwargs(args))
-    ev = _eval_pair(loaded, loaded.model.params, args)
+    kv = kv_cache_option.resolve(args, loaded.recipe)
+    ev = _eval_pair(loaded, loaded.model.params, args, kv)
     result = {"command": "eval", "model": args.model,
               "recipe": loaded.recipe.name if loaded.recipe else None,
+              "kv_cache": kv_cache_option.report(loaded.model.config, kv),
               "quantize_seconds": loaded.quantize_seconds,
               "calibration": {k: v for k, v in loaded.calibration.items() if k != "layers"},
               **ev}
@@ -262,12 +269,15 @@ def cmd_generate(args: argparse.Namespace) -> dict[str, Any]:
     if args.max_new_tokens <= 0:
         raise JaxquantError(f"--max-new-tokens={args.max_new_tokens} must be positive")
     loaded = pipeline.load(args.model, args.recipe, **_quant_kwargs(args))
+    kv = kv_cache_option.resolve(args, loaded.recipe)
     start = time.perf_counter()
     text = pipeline.complete(loaded.model, loaded.params, args.prompt,
                              max_new_tokens=args.max_new_tokens,
-                             sampling=Sampling(args.temperature, args.top_p), seed=args.seed)
+                             sampling=Sampling(args.temperature, args.top_p), seed=args.seed,
+                             kv=kv)
     result = {"command": "generate", "model": args.model,
               "recipe": loaded.recipe.name if loaded.recipe else None,
+              "kv_cache": kv_cache_option.report(loaded.model.config, kv),
               "prompt": args.prompt, "completion": text,
               "seconds": time.perf_counter() - start}
     if not args.json:

@@ -56,12 +56,14 @@ def is_checkpoint(path: str) -> bool:
                            or (p / "quantize_config.json").is_file())
 
 
-def logits_fn(model: LoadedModel):
-    """(params, tokens) -> logits, with quantized layers intercepted."""
+def logits_fn(model: LoadedModel, kv: Any = None):
+    """(params, tokens) -> logits, with quantized layers intercepted; with a KV cache format
+    `kv`, K/V go through a fresh cache of that format (attention reads the stored values)."""
 
     def fn(params: Any, tokens: Any) -> Any:
+        cache = None if kv is None else model.module.init_cache(*tokens.shape, kv=kv)
         with jq.intercept():
-            return model.module.apply(params, tokens)[0]
+            return model.module.apply(params, tokens, cache=cache)[0]
 
     return fn
 
@@ -87,7 +89,8 @@ def with_overrides(recipe: Recipe, method: str | None = None, bits: int | None =
                                     + str(bits))
         rules.append(dataclasses.replace(r, weight=w, method=method or r.method))
     suffix = (f"-{method}" if method else "") + (f"-int{bits}" if bits else "")
-    return Recipe(tuple(rules), ignore=recipe.ignore, name=recipe.name + suffix)
+    return Recipe(tuple(rules), ignore=recipe.ignore, name=recipe.name + suffix,
+                  kv_cache=recipe.kv_cache)
 
 
 def calibration_windows(model: LoadedModel, *, text: str | None, tokens: int, seq_len: int
@@ -167,15 +170,16 @@ def param_bytes(params: Any) -> int:
 
 
 def evaluate(model: LoadedModel, params: Any, tokens: list[int], *, seq_len: int,
-             batch_size: int, max_tokens: int | None, desc: str) -> PerplexityResult:
-    return perplexity(logits_fn(model), params, tokens, seq_len=seq_len, batch_size=batch_size,
-                      max_tokens=max_tokens, desc=desc)
+             batch_size: int, max_tokens: int | None, desc: str, kv: Any = None
+             ) -> PerplexityResult:
+    return perplexity(logits_fn(model, kv), params, tokens, seq_len=seq_len,
+                      batch_size=batch_size, max_tokens=max_tokens, desc=desc)
 
 
 def complete(model: LoadedModel, params: Any, prompt: str, *, max_new_tokens: int,
-             sampling: Sampling = Sampling(), seed: int = 0) -> str:
+             sampling: Sampling = Sampling(), seed: int = 0, kv: Any = None) -> str:
     ids = model.tokenizer.encode(prompt)
-    out = generate(step_fn(model), params, model.module.init_cache, ids,
+    out = generate(step_fn(model), params, functools.partial(model.module.init_cache, kv=kv), ids,
                    max_new_tokens=max_new_tokens, sampling=sampling,
                    eos_id=model.tokenizer.eos_id, seed=seed)
     return model.tokenizer.decode(out)

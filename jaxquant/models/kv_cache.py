@@ -91,14 +91,16 @@ def write(cache: KVCache, layer: int, k: Array, v: Array) -> KVCache:
     quantizing each token's head (per group) on its own.
 
     Does not advance `length` (the model does that once per call, see `advance`)."""
-    zero = jnp.zeros((), jnp.int32)
-    at = (jnp.int32(layer), zero, zero, cache.length.astype(jnp.int32), zero)
+    zero, pos = jnp.zeros((), jnp.int32), cache.length.astype(jnp.int32)
+    at_codes = (jnp.int32(layer), zero, zero, pos, zero)  # [L, B, Hkv, S, Dp]
+    at_scales = (jnp.int32(layer), zero, zero, zero, pos)  # [L, B, Hkv, G, S]
 
     def put(codes: Array, scales: Array | None, x: Array) -> tuple[Array, Array | None]:
         c, s = quantize_rows(jnp.swapaxes(x, 1, 2), cache.spec)  # [B, Hkv, T, Dp], [.., T, G]
-        codes = jax.lax.dynamic_update_slice(codes, c[None], at)
+        codes = jax.lax.dynamic_update_slice(codes, c[None], at_codes)
         if scales is not None:
-            scales = jax.lax.dynamic_update_slice(scales, jnp.swapaxes(s, -1, -2)[None], at)
+            scales = jax.lax.dynamic_update_slice(scales, jnp.swapaxes(s, -1, -2)[None],
+                                                  at_scales)
         return codes, scales
 
     kc, ks = put(cache.k, cache.k_scale, k)

@@ -3,6 +3,7 @@
 File layout:
     name: my-recipe
     ignore: ["re:lm_head"]              # optional; default: jaxquant.recipes.DEFAULT_IGNORE
+    kv_cache: int8                      # optional: bf16|int8|fp8|int4, or {format, group_size}
     rules:
       - targets: ["re:(^|/)kernel$"]
         ignore: ["re:layers_0/"]         # optional
@@ -26,11 +27,12 @@ import yaml
 
 from jaxquant.core.spec import ActivationSpec, Clipping
 from jaxquant.errors import RecipeError
+from jaxquant.kernels.decode_attention.layouts import KVCacheSpec
 from jaxquant.recipes.presets import get_preset, preset_names
 from jaxquant.recipes.recipe import DEFAULT_IGNORE, Recipe, Rule
 from jaxquant.recipes.schemes import WeightScheme, activation_scheme
 
-_RECIPE_KEYS = {"name", "ignore", "rules"}
+_RECIPE_KEYS = {"name", "ignore", "rules", "kv_cache"}
 _RULE_KEYS = {"targets", "ignore", "scheme", "weight", "activation", "method", "method_args"}
 
 
@@ -76,6 +78,12 @@ def _activation(d: Any, where: str) -> ActivationSpec | None:
     return activation_scheme(**d)
 
 
+def _kv_cache(d: Any) -> KVCacheSpec | None:
+    if d is None or isinstance(d, str):
+        return None if d is None else KVCacheSpec(d)
+    return KVCacheSpec(**_check_keys(d, _field_names(KVCacheSpec), "recipe.kv_cache"))
+
+
 def rule_from_dict(d: Any, where: str = "rule") -> Rule:
     d = _check_keys(d, _RULE_KEYS, where)
     if "targets" not in d:
@@ -113,6 +121,7 @@ def recipe_from_dict(d: Any) -> Recipe:
         rules=tuple(rule_from_dict(r, f"rules[{i}]") for i, r in enumerate(rules)),
         ignore=tuple(d.get("ignore", DEFAULT_IGNORE)),
         name=d.get("name", "custom"),
+        kv_cache=_kv_cache(d.get("kv_cache")),
     )
 
 
@@ -127,7 +136,10 @@ def _plain(obj: Any) -> Any:
 
 
 def recipe_to_dict(recipe: Recipe) -> dict:
-    return {"name": recipe.name, "ignore": list(recipe.ignore), "rules": _plain(recipe.rules)}
+    d = {"name": recipe.name, "ignore": list(recipe.ignore), "rules": _plain(recipe.rules)}
+    if recipe.kv_cache is not None:
+        d["kv_cache"] = _plain(recipe.kv_cache)
+    return d
 
 
 def save_recipe(recipe: Recipe, path: str | os.PathLike) -> None:

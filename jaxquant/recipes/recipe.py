@@ -8,6 +8,7 @@ from typing import Any, Mapping
 
 from jaxquant.core.spec import ActivationSpec
 from jaxquant.errors import RecipeError
+from jaxquant.kernels.decode_attention.layouts import KVCacheSpec
 from jaxquant.recipes.schemes import WeightScheme
 
 METHODS = ("rtn", "gptq", "awq", "smoothquant")
@@ -105,11 +106,14 @@ class Rule:
 
 @dataclasses.dataclass(frozen=True)
 class Recipe:
-    """An ordered list of rules (the first matching rule wins) plus a recipe-wide ignore list."""
+    """An ordered list of rules (the first matching rule wins) plus a recipe-wide ignore list;
+    kv_cache: how the decoder stores K/V at run time (None: in the compute dtype), independent
+    of the weight rules."""
 
     rules: tuple[Rule, ...]
     ignore: tuple[str, ...] = DEFAULT_IGNORE
     name: str = "custom"
+    kv_cache: KVCacheSpec | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "rules", tuple(self.rules))
