@@ -44,6 +44,11 @@ class LlamaAdapter:
     def block_module(self, i: int) -> nn.Module:
         return DecoderLayer(self.model.cfg, i)
 
+    def shared_block_module(self) -> nn.Module:
+        """One module that runs any block given its params: a block's index only addresses the
+        KV cache, which calibration does not use, so one compiled function serves all blocks."""
+        return DecoderLayer(self.model.cfg, 0)
+
     def block_args(self, hidden: Array) -> tuple:
         b, t, _ = hidden.shape
         return (jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t)), None)

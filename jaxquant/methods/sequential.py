@@ -10,6 +10,7 @@ holds one block's activations for the calibration set.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Any
 
@@ -31,6 +32,9 @@ from jaxquant.tree_paths import flatten
 
 CALIBRATED = ("gptq", "awq", "smoothquant")
 AWQ_SAMPLE_ROWS = 2048
+# AWQ's clip search scores a layer's own output; q and k feed q k^T, where that error measure is
+# misleading (AutoAWQ skips them too)
+NO_CLIP = ("attn/q_proj", "attn/k_proj")
 
 
 @dataclasses.dataclass
@@ -93,9 +97,22 @@ def _smooth_group(mapping, rules: dict[str, Rule], stats, block: dict, report, p
     else:
         prev["kernel"] = awq_core.fold_into_linear_outputs(prev["kernel"], s)
     for r, w in zip(mapping.layers, ws):
-        _get(block, r)["kernel"] = awq_core.scale_weights(w, s)
+        _get(block, r)["kernel"] = _scaled_weight(rule, w, s, st, prefix + r, r in NO_CLIP)
         report.layers[prefix + r] = {"method": rule.method, "folded_into": mapping.prev, **details}
     return set(mapping.layers)
+
+
+def _scaled_weight(rule: Rule, w: Any, s: Any, st: LayerStats, path: str, no_clip: bool) -> Any:
+    """W * s[:, None]; for AWQ (method_args clip, default True) then clipped per quantization
+    block to the ratio that minimizes the block's output error on the scaled activations."""
+    from jaxquant.methods import awq_core
+
+    ws = awq_core.scale_weights(w, s)
+    if rule.method != "awq" or no_clip or not rule.method_args.get("clip", True):
+        return ws
+    spec = rule.weight.resolve(tuple(w.shape), 0, path)
+    x = st.samples() / s[None, :]
+    return awq_core.apply_clip(ws, awq_core.awq_clip_search(x, ws, spec), spec)
 
 
 def smooth_block(adapter, i: int, block: dict, rules: dict[str, Rule], stats, report
@@ -120,7 +137,8 @@ def smooth_block(adapter, i: int, block: dict, rules: dict[str, Rule], stats, re
             else:
                 spec = rule.weight.resolve(w.shape, 0, prefix + rel)
                 s = awq_core.awq_search(stats[rel].samples(), [w], [spec]).scales
-            _get(block, rel)["kernel"] = awq_core.scale_weights(w, s)
+            _get(block, rel)["kernel"] = _scaled_weight(rule, w, s, stats[rel], prefix + rel,
+                                                        rel in NO_CLIP)
             smooth[rel] = jnp.asarray(s, jnp.float32)
             report.layers[prefix + rel] = {"method": rule.method, "folded_into": "input_smooth"}
     return block, smooth
@@ -151,20 +169,28 @@ def _quantize_block(adapter, i: int, block: dict, rules: dict[str, Rule], stats,
     return out
 
 
+@functools.lru_cache(maxsize=8)
+def _compiled(adapter, quantized: bool):
+    """jit(captured_apply) of the adapter's shared block module: compiled once per parameter
+    structure and reused by every block."""
+    return jax.jit(captured_apply(adapter.shared_block_module(), quantized=quantized))
+
+
 def block_statistics(adapter, i: int, block: dict, rules: dict[str, Rule], hidden: list
                      ) -> dict[str, LayerStats]:
     """Streaming input statistics of block i's Dense layers over the calibration hidden states
     (Hessians for GPTQ layers, activation samples for the targeted ones)."""
     if not any(r.method in CALIBRATED for r in rules.values()):
         return {}
-    capture = jax.jit(captured_apply(adapter.block_module(i), quantized=False))
+    capture = _compiled(adapter, quantized=False)
     stats: dict[str, LayerStats] = {}
     for h in hidden:
         _, seen = capture({"params": block}, h, *adapter.block_args(h))
         for rel, x in seen.items():
             if rel not in stats:
-                rows = AWQ_SAMPLE_ROWS if rel in rules else 0
-                gptq = rel in rules and rules[rel].method == "gptq"
+                method = rules[rel].method if rel in rules else None
+                rows = AWQ_SAMPLE_ROWS if method == "awq" else 0
+                gptq = method == "gptq"
                 stats[rel] = LayerStats.init(x.shape[-1], hessian=gptq, sample_rows=rows)
             stats[rel] = update_stats(stats[rel], x)
     _min_tokens(stats, {r: v for r, v in rules.items() if v.method == "gptq"})
@@ -208,11 +234,10 @@ def quantize_calibrated(
             if found is not None:
                 used_rules.add(found[0])
                 rules[rel[: -len("/kernel")]] = found[1]
-        module = adapter.block_module(i)
         stats = block_statistics(adapter, i, block, rules, hidden)
         qblock = _quantize_block(adapter, i, block, rules, stats, report)
         params["params"][f"layers_{i}"] = qblock
-        run = jax.jit(captured_apply(module, quantized=True))
+        run = _compiled(adapter, quantized=True)
         hidden = [run({"params": qblock}, h, *adapter.block_args(h))[0][0] for h in hidden]
         report.block_seconds.append(time.perf_counter() - t0)
     # leaves outside the blocks: round to nearest under the same recipe

@@ -1,0 +1,171 @@
+"""Calibrated PTQ methods x settings on one model, with Qwix side by side: perplexity, change,
+parameter bytes and time to quantize, on the same evaluation windows.
+
+    pip install "jaxquant[bench]"     # qwix, for the side-by-side columns (else --no-qwix)
+    python -m jaxquant.evaluation.method_table [--max-tokens 8192] [--calib-tokens 8192]
+        [--only "int4 g128"] [--no-qwix] [--out results.json]
+
+Settings: int4 g128 (the w4a16 scheme), int3 g128, int4 per-channel, each with RTN (min-max
+range), RTN with an MSE-searched clip per group, GPTQ and AWQ; W8A8 int8 and FP8 (dynamic per
+token activations) plain and with SmoothQuant. Calibration uses the bundled Persuasion slice,
+evaluation the Emma slice. Writes JSON (date, device, settings, rows) after every row and prints
+a markdown table; `share` is a method's perplexity increase as a fraction of RTN's at the same
+setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import platform
+
+import jax
+
+import jaxquant as jq
+from jaxquant.cli import pipeline
+from jaxquant.core.spec import Clipping
+from jaxquant.evaluation import read_text
+from jaxquant.evaluation.compare_qwix import QwixSetting, qwix_quantize, qwix_version
+from jaxquant.evaluation.perplexity import perplexity
+from jaxquant.recipes import get_preset
+from jaxquant.recipes.schemes import WeightScheme
+
+BLOCK_TARGETS = (r"re:layers_\d+/(attn|mlp)/[a-z_]+/kernel$",)
+GPTQ_ARGS = {"act_order": True, "damp": 0.01}
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """One cell of the table: a setting (scheme) x a method, and Qwix's counterpart (a
+    QwixSetting, a string saying why Qwix has none, or None: not compared)."""
+
+    setting: str
+    method: str
+    recipe: jq.Recipe
+    qwix: QwixSetting | str | None = None
+
+
+def _rule(weight: WeightScheme, method: str, activation=None, **args) -> jq.Recipe:
+    rule = jq.Rule(BLOCK_TARGETS, weight, activation=activation, method=method, method_args=args)
+    return jq.Recipe((rule,), name=f"{weight.format}-{method}")
+
+
+def weight_only_rows(setting: str, weight: WeightScheme, qwix: dict) -> list[Row]:
+    mse = dataclasses.replace(weight, clipping=Clipping("mse"))
+    return [
+        Row(setting, "RTN", _rule(weight, "rtn"), qwix.get("rtn")),
+        Row(setting, "RTN, MSE clip", _rule(mse, "rtn")),
+        Row(setting, "GPTQ", _rule(mse, "gptq", **GPTQ_ARGS), qwix.get("gptq")),
+        Row(setting, "AWQ", _rule(weight, "awq"), qwix.get("awq")),
+    ]
+
+
+def w8a8_rows(setting: str, preset: str, qwix: dict) -> list[Row]:
+    rule = get_preset(preset).rules[0]
+    return [Row(setting, "RTN", _rule(rule.weight, "rtn", rule.activation), qwix.get("rtn")),
+            Row(setting, "SmoothQuant", _rule(rule.weight, "smoothquant", rule.activation),
+                qwix.get("smoothquant"))]
+
+
+def all_rows() -> list[Row]:
+    g128 = get_preset("w4a16").rules[0].weight  # int4, group 128, symmetric, bf16 scales
+    return [
+        *weight_only_rows("int4 g128", g128, {
+            "rtn": QwixSetting("int4", tile_size=128),
+            "gptq": QwixSetting("int4", "gptq", tile_size=128),
+            "awq": QwixSetting("int4", "awq", tile_size=128)}),
+        *weight_only_rows("int3 g128", dataclasses.replace(g128, format="int3"), {}),
+        *weight_only_rows("int4 per-channel", WeightScheme("int4", "channel"), {
+            "rtn": QwixSetting("int4"), "gptq": QwixSetting("int4", "gptq"),
+            "awq": QwixSetting("int4", "awq")}),
+        *w8a8_rows("W8A8 int8", "w8a8-int8", {
+            "rtn": QwixSetting("int8", act_qtype="int8"),
+            "smoothquant": QwixSetting("int8", "smoothquant", act_qtype="int8")}),
+        *w8a8_rows("W8A8 FP8", "fp8", {}),
+    ]
+
+
+def _share(row: dict, rows: list[dict], base_ppl: float) -> float | None:
+    """(ppl - original) / (RTN ppl - original) at the same setting."""
+    rtn = [r for r in rows if r["setting"] == row["setting"] and r["method"] == "RTN"]
+    if not rtn or rtn[0]["perplexity"] <= base_ppl:
+        return None
+    return (row["perplexity"] - base_ppl) / (rtn[0]["perplexity"] - base_ppl)
+
+
+def print_table(meta: dict, rows: list[dict]) -> None:
+    base = meta["original_ppl"]
+    print(f"\n{meta['model']} on {meta['device']}: {meta['eval_tokens']:,} tokens of "
+          f"{meta['eval_text']}, original perplexity {base:.3f}; calibration "
+          f"{meta['calib_tokens']:,} tokens of {meta['calib_text']}\n")
+    print("| setting | method | perplexity | change | share of RTN's | bytes | quantize s "
+          "| Qwix perplexity | Qwix s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        share = _share(r, rows, base)
+        q = (f"{r['qwix_ppl']:.3f}" if "qwix_ppl" in r
+             else f"cannot run: {r['qwix_error']}" if "qwix_error" in r else "")
+        qs = f"{r['qwix_seconds']:.1f}" if "qwix_seconds" in r else ""
+        print(f"| {r['setting']} | {r['method']} | {r['perplexity']:.3f} | "
+              f"{r['delta_percent']:+.2f}% | {'' if share is None else f'{share:.2f}'} | "
+              f"{r['param_bytes']:,} | {r['quantize_seconds']:.1f} | {q} | {qs} |")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--max-tokens", type=int, default=8192, help="evaluation tokens")
+    p.add_argument("--calib-tokens", type=int, default=8192)
+    p.add_argument("--seq-len", type=int, default=512)
+    p.add_argument("--only", default=None, help="comma-separated settings, e.g. 'int4 g128'")
+    p.add_argument("--no-qwix", action="store_true", help="leave out the Qwix columns")
+    p.add_argument("--out", default=None, help="write JSON here")
+    args = p.parse_args()
+
+    model = pipeline.cached_model(args.model)
+    text, eval_label = read_text(None)
+    tokens = model.tokenizer.encode(text)
+    calib, calib_label = pipeline.calibration_windows(model, text=None, tokens=args.calib_tokens,
+                                                      seq_len=args.seq_len)
+    kw = dict(seq_len=args.seq_len, batch_size=4, max_tokens=args.max_tokens)
+    base = pipeline.evaluate(model, model.params, tokens, desc="original", **kw)
+    meta = {"date": datetime.date.today().isoformat(), "model": args.model,
+            "device": jax.devices()[0].device_kind, "machine": platform.machine(),
+            "jax": jax.__version__, "qwix": None if args.no_qwix else qwix_version(),
+            "original_ppl": base.ppl, "original_bytes": pipeline.param_bytes(model.params),
+            "eval_tokens": base.n_tokens, "eval_text": eval_label,
+            "calib_tokens": int(calib.size), "calib_text": calib_label, "seq_len": args.seq_len,
+            "gptq_args": GPTQ_ARGS}
+    rows: list[dict] = []
+    only = args.only.split(",") if args.only else None
+    for row in all_rows():
+        if only and row.setting not in only:
+            continue
+        qp, secs, _ = pipeline.quantize_model(model, args.model, row.recipe,
+                                              calib_tokens=args.calib_tokens, progress=False)
+        r = pipeline.evaluate(model, qp, tokens, desc=f"{row.setting} {row.method}", **kw)
+        out = {"setting": row.setting, "method": row.method, "perplexity": r.ppl,
+               "delta_percent": 100 * (r.ppl - base.ppl) / base.ppl,
+               "param_bytes": pipeline.param_bytes(qp), "quantize_seconds": secs}
+        del qp
+        if isinstance(row.qwix, str):
+            out["qwix_error"] = row.qwix
+        elif row.qwix is not None and not args.no_qwix:
+            try:
+                fn, qwp, qsecs = qwix_quantize(model.module, model.params, row.qwix, calib)
+                qr = perplexity(fn, qwp, tokens, desc=f"qwix {row.setting} {row.method}", **kw)
+                out.update(qwix_ppl=qr.ppl, qwix_seconds=qsecs)
+            except Exception as e:  # noqa: BLE001 - the table reports why Qwix cannot run it
+                out["qwix_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
+        rows.append(out)
+        print(json.dumps(out), flush=True)
+        if args.out:
+            with open(args.out, "w") as f:
+                json.dump({"meta": meta, "rows": rows}, f, indent=1)
+    print_table(meta, rows)
+
+
+if __name__ == "__main__":
+    main()
