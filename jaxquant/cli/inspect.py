@@ -92,10 +92,10 @@ def _safetensors_dir(path: Path, fmt: str) -> dict[str, Any]:
 
 
 def _scheme(fmt: str, layer: str, qcfg: dict) -> str:
-    from jaxquant.interop.compressed_tensors import _scheme_for
+    from jaxquant.interop.compressed_tensors import scheme_for
 
     if fmt == "compressed-tensors":
-        w = _scheme_for(layer, qcfg)
+        w = scheme_for(layer, qcfg)
         sym = "sym" if w.get("symmetric", True) else "asym"
         group = f" g{w['group_size']}" if w.get("group_size") else ""
         return f"{w.get('type')}{w.get('num_bits')} {sym} {w.get('strategy')}{group} ({w['format']})"

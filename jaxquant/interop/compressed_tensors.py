@@ -63,7 +63,7 @@ def read_config(path: Path) -> dict:
     return cfg
 
 
-def _scheme_for(layer: str, qcfg: dict) -> dict:
+def scheme_for(layer: str, qcfg: dict) -> dict:
     """The weights QuantizationArgs of the config group targeting `layer` (or the only Linear
     group), plus "format" and "input_activations"."""
     groups = qcfg.get("config_groups") or {}
@@ -248,7 +248,7 @@ def import_dir(path: str | os.PathLike, dtype: str | None = None) -> ImportedChe
         quantized = {n.rsplit(".", 1)[0] for n in f.names()
                      if n.endswith((".weight_scale", ".weight_packed"))}
         for layer in sorted(quantized):
-            scheme = _scheme_for(layer, qcfg)
+            scheme = scheme_for(layer, qcfg)
             lin = import_layer(f, layer, scheme, dtype)
             act = activation_from_args(scheme["input_activations"], layer)
             if act is not None:
