@@ -18,6 +18,8 @@ SMALL_ARGS: dict[str, list[str]] = {
     "static_activation_scales.py": [],
     "export_restore.py": ["--width", "64"],
     "export_restore_compressed_tensors.py": ["--width", "64"],
+    "sharded_quantize.py": ["--d-model", "128"],
+    "sharded_calibration.py": ["--windows", "8", "--layers", "1"],
 }
 
 

@@ -222,6 +222,11 @@ def check_calibration() -> dict:
         agree, steps = _codes_agree(got, ref)
         out[recipe] = {"codes_identical_fraction": agree, "codes_max_step_difference": steps,
                        "bit_exact": leaves_equal(got, ref), "tokens": report.tokens}
+    # the data-parallel pipeline on a 1-device mesh is the single-device computation exactly
+    one_mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
+    ref, _ = quantize_calibrated(model, params, "w4a16-gptq", tokens, progress=False)
+    got, _ = sh.quantize_calibrated_dp(model, params, "w4a16-gptq", tokens, one_mesh)
+    out["one_device_mesh_bit_exact"] = leaves_equal(got, ref)
     return out
 
 

@@ -81,6 +81,10 @@ def test_data_parallel_calibration_equals_one_device(multidevice, recipe):
     assert r["codes_max_step_difference"] <= 1
 
 
+def test_data_parallel_pipeline_on_one_device_is_the_single_device_pipeline(multidevice):
+    assert multidevice("calibration")["one_device_mesh_bit_exact"]
+
+
 def test_checkpoint_restores_onto_the_mesh(multidevice):
     r = multidevice("checkpoint")
     assert r["bit_exact"] and r["shardings_as_derived"]
