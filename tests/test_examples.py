@@ -16,6 +16,7 @@ SMALL_ARGS: dict[str, list[str]] = {
     "quantize_nnx_model.py": ["--width", "128"],
     "recipe_from_file.py": ["--width", "128"],
     "static_activation_scales.py": [],
+    "kv_cache_quantization.py": ["--layers", "2", "--new-tokens", "6"],
     "export_restore.py": ["--width", "64"],
     "export_restore_compressed_tensors.py": ["--width", "64"],
     "sharded_quantize.py": ["--d-model", "128"],
