@@ -30,3 +30,18 @@ def test_bench_tp_tiny(tmp_path):
     per = list(tp["param_bytes_per_device"].values())
     assert len(per) == 2 and all(one / 2 < b < one for b in per)
     assert len(set(tp["cache_bytes_per_device"].values())) == 1
+
+
+def test_measure_quantize_tiny(tmp_path):
+    out = tmp_path / "quantize.json"
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-m", "jaxquant.sharding.measure_quantize",
+                           "--d-model", "128", "--layers", "1", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    r = json.loads(out.read_text())
+    assert r["devices"] == 8 and r["mesh"] == {"data": 2, "model": 4}
+    for row in r["rows"]:
+        assert row["bit_exact_vs_one_device"] and row["collectives"]["all-gather"] == 0
+        assert row["float_bytes_per_device"] < row["float_bytes_total"]
+        assert row["compiled_per_device"]["argument_bytes"] <= row["float_bytes_per_device"]
