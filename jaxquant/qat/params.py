@@ -137,9 +137,12 @@ def materialize(qat: Any) -> Any:
                                   is_leaf=is_qat_weight)
 
 
+_to_qarray = jax.jit(QATWeight.to_qarray)
+
+
 def convert(qat: Any) -> Any:
     """QAT tree -> inference tree with every QATWeight replaced by a real QArray."""
-    return jax.tree_util.tree_map(lambda x: x.to_qarray() if is_qat_weight(x) else x, qat,
+    return jax.tree_util.tree_map(lambda x: _to_qarray(x) if is_qat_weight(x) else x, qat,
                                   is_leaf=is_qat_weight)
 
 
