@@ -61,8 +61,9 @@ def main(argv: list[str] | None = None) -> dict:
     )).values())
     rows = []
     for name in RECIPES:
-        recipe = name if name != "w4a16-g32" else jq.Recipe((jq.Rule(("re:kernel$",), jq.WeightScheme(
-            "int4", group_size=32, scale_dtype="bfloat16")),), name=name)
+        int4 = jq.WeightScheme("int4", group_size=32, scale_dtype="bfloat16")
+        recipe = (jq.Recipe((jq.Rule(("re:kernel$",), int4),), name=name)
+                  if name == "w4a16-g32" else name)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             q, compiled = quantize_sharded(params, recipe, mesh, specs, return_compiled=True)

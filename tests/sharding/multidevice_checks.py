@@ -1,6 +1,7 @@
 """Multi-device checks on simulated CPU devices, run in a subprocess by the tests of this folder:
 
-    XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/sharding/multidevice_checks.py CASE
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 \
+        python tests/sharding/multidevice_checks.py CASE
 
 prints one JSON object of measurements (the tests assert on it). CASE: quantize | forward |
 calibration | checkpoint. The comparisons are against the same computation on one device.
@@ -198,7 +199,8 @@ def _reduction_exact(mesh) -> dict:
 def _codes_agree(a, b) -> tuple[float, int]:
     """(fraction of identical codes over all QArrays, largest difference in grid steps)."""
     same = total = steps = 0
-    for x, y in zip(jax.tree.leaves(a, is_leaf=jq.is_qarray), jax.tree.leaves(b, is_leaf=jq.is_qarray)):
+    for x, y in zip(jax.tree.leaves(a, is_leaf=jq.is_qarray),
+                    jax.tree.leaves(b, is_leaf=jq.is_qarray)):
         if isinstance(x, jq.QArray):
             cx, cy = np.asarray(x.codes()), np.asarray(y.codes())
             same += int((cx == cy).sum())
