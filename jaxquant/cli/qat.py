@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             "model: pass the base model (e.g. smollm2-135m)")
     if args.eval_tokens < 0:
         raise JaxquantError(f"--eval-tokens={args.eval_tokens} must be >= 0")
-    check_schedule(args.lr or 1.0, args.steps)
+    check_schedule(1.0 if args.lr is None else args.lr, args.steps)
     if args.learn_scales and args.qlora:
         raise JaxquantError("--learn-scales applies to QAT, not to --qlora (its base is frozen)")
     recipe = pipeline.with_overrides(resolve_recipe(args.recipe or ("nf4" if args.qlora

@@ -27,7 +27,7 @@ import jaxquant as jq
 from jaxquant.core.qarray import QArray
 from jaxquant.errors import JaxquantError, LeafError
 from jaxquant.recipes.recipe import Recipe
-from jaxquant.tree_paths import flatten
+from jaxquant.tree_paths import flatten, map_with_path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,19 +123,19 @@ def check_base(base: Any) -> None:
                         "(jaxquant.quantize(params, 'nf4'))")
 
 
-def merge_adapters(base: Any, adapters: dict[str, dict[str, Array]], config: LoraConfig,
-                   recipe: Recipe | str | os.PathLike) -> Any:
-    """Fold the adapters into the base (W = dequantize(W_q) + scale * A @ B, in f32) and
-    quantize the merged float tree again with `recipe`."""
+def merged_weights(base: Any, adapters: dict[str, dict[str, Array]], config: LoraConfig) -> Any:
+    """The float tree of base + adapters: W = dequantize(W_q) + scale * A @ B, in f32."""
     def merge(path: str, leaf: Any) -> Any:
         w = leaf.dequantize(jnp.float32) if isinstance(leaf, QArray) else leaf
         ad = adapters.get(_layer(path)) if path.endswith("/kernel") else None
         if ad is None:
             return w
-        delta = ad["a"].astype(jnp.float32) @ ad["b"].astype(jnp.float32)
-        return w + config.scale * delta
+        return w + config.scale * (ad["a"].astype(jnp.float32) @ ad["b"].astype(jnp.float32))
 
-    from jaxquant.tree_paths import map_with_path
+    return map_with_path(merge, base)
 
-    merged = map_with_path(merge, base)
-    return jq.quantize(merged, recipe)
+
+def merge_adapters(base: Any, adapters: dict[str, dict[str, Array]], config: LoraConfig,
+                   recipe: Recipe | str | os.PathLike) -> Any:
+    """Fold the adapters into the base (merged_weights) and quantize again with `recipe`."""
+    return jq.quantize(merged_weights(base, adapters, config), recipe)

@@ -91,20 +91,20 @@ def lsq_fake_quant(x: Array, s: Array, zero_point: Array | None, spec: ArraySpec
 
 def _fwd(x, s, zero_point, spec, grad_scale):
     out, v, q = _round_trip(x, s, zero_point, spec)
-    return out, (x, v, q, s, zero_point)
-
-
-def _bwd(spec, grad_scale, res, g):
-    x, v, q, s, zero_point = res
     lo, hi = code_range(get_format(spec.format))
     inside = (v >= lo) & (v <= hi)
     zp = 0.0 if zero_point is None else blocks.expand(zero_point.astype(jnp.float32))
+    ds_elem = jnp.where(inside, q - v, q - zp)  # d out / d s per element (blocked view)
+    return out, (inside, ds_elem, s, zero_point)
+
+
+def _bwd(spec, grad_scale, res, g):
+    inside, ds_elem, s, zero_point = res
     gb = blocks.to_blocks(g.astype(jnp.float32), spec.block_shape)
     # padding of ragged blocks has g = 0 there, so it adds nothing to the block sums
-    ds_elem = jnp.where(inside, (q - zp) - (v - zp), q - zp)
-    ds = blocks.squeeze_inner(jnp.sum(gb * ds_elem, axis=blocks.inner_axes(x.ndim),
+    ds = blocks.squeeze_inner(jnp.sum(gb * ds_elem, axis=blocks.inner_axes(g.ndim),
                                       keepdims=True)) * grad_scale
-    dx = blocks.from_blocks(jnp.where(inside, gb, 0.0), x.shape).astype(x.dtype)
+    dx = blocks.from_blocks(jnp.where(inside, gb, 0.0), g.shape).astype(g.dtype)
     dzp = None if zero_point is None else jnp.zeros_like(zero_point)
     return dx, ds.astype(s.dtype), dzp
 

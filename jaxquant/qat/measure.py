@@ -1,13 +1,13 @@
 """Measure QAT and QLoRA on a model and the bundled texts; print a table, write JSON.
 
     python -m jaxquant.qat.measure --out jaxquant/evaluation/results/DATE-DEVICE-smollm2-qat.json
-        [--bits 3 --group 128] [--steps 30 --batch-size 2 --seq-len 256] [--eval-tokens 4096]
-        [--qlora-steps 20] [--calib-tokens 4096]
+        [--bits 3 --group 128] [--steps 20 --batch-size 2 --seq-len 256] [--eval-tokens 4096]
+        [--qlora-steps 15] [--calib-tokens 4096] [--learn-scales]
 
 Training text: the bundled calibration slice (Persuasion); evaluation: the bundled evaluation
 slice (Emma), never overlapping. Rows: the original model; PTQ round to nearest and GPTQ at
-int{bits} g{group}; QAT from RTN (straight-through weights, scales recomputed every step) and
-QAT with LSQ learned scales after --steps optimizer steps; the same steps of a float fine-tune
+int{bits} g{group}; QAT from RTN after --steps optimizer steps (straight-through weights, scales
+recomputed every step; --learn-scales: LSQ learned scales); the same steps of a float fine-tune
 (what the domain adaptation alone buys). QLoRA: NF4 (double-quantized) base with bf16 adapters,
 loss curve, perplexity of base / base + adapters / merged and re-quantized, and the training
 state bytes (parameters + gradients + Adam state) against a bf16 full fine-tune of the model.
@@ -19,6 +19,7 @@ import argparse
 import datetime
 import json
 import platform
+import resource
 import time
 from typing import Any
 
@@ -112,15 +113,16 @@ def main() -> None:
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--bits", type=int, default=3)
     p.add_argument("--group", type=int, default=128)
-    p.add_argument("--steps", type=int, default=30, help="QAT and float fine-tune steps")
+    p.add_argument("--steps", type=int, default=20, help="QAT and float fine-tune steps")
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--lr", type=float, default=5e-5, help="Adam rate of weights")
+    p.add_argument("--learn-scales", action="store_true", help="QAT with LSQ learned scales")
     p.add_argument("--scale-lr", type=float, default=1e-3, help="Adam rate of LSQ log-scales")
     p.add_argument("--eval-tokens", type=int, default=4096, help="0: the whole eval slice")
     p.add_argument("--eval-seq-len", type=int, default=512)
     p.add_argument("--calib-tokens", type=int, default=4096, help="GPTQ calibration tokens")
-    p.add_argument("--qlora-steps", type=int, default=20, help="0: skip QLoRA")
+    p.add_argument("--qlora-steps", type=int, default=15, help="0: skip QLoRA")
     p.add_argument("--lora-rank", type=int, default=16)
     p.add_argument("--lora-alpha", type=float, default=32.0)
     p.add_argument("--lora-lr", type=float, default=2e-4)
@@ -144,18 +146,41 @@ def main() -> None:
     rtn = int_recipe(args.bits, args.group)
     rtn_params = jq.quantize(model.params, rtn)
     rows.append({"name": f"PTQ RTN {rtn.name}", "perplexity": evaluate(rtn_params)})
-    curves = {}
-    for learn in (False, True):
-        qparams, losses, secs = _train_qat(model, model.params, rtn, args, learn)
-        name = f"QAT {'LSQ scales' if learn else 'STE'}"
-        rows.append({"name": name, "perplexity": evaluate(qparams), "seconds": secs,
-                     "param_bytes": pipeline.param_bytes(qparams)})
-        curves[name] = losses
+    del rtn_params
+    curves: dict[str, list[float]] = {}
+    qlora = None
+    device = jax.devices()[0].device_kind
+    tokens_per_step = args.batch_size * args.seq_len
+
+    def save() -> None:  # after every stage, so a stopped run keeps what it measured
+        if args.out:
+            meta = {"date": datetime.date.today().isoformat(), "model": args.model,
+                    "device": device, "machine": platform.machine(), "jax": jax.__version__,
+                    "eval_text": label, "train_text": f"bundled {CALIB_TEXT}",
+                    "settings": vars(args), "tokens_per_step": tokens_per_step,
+                    "wall_seconds": time.perf_counter() - wall,
+                    "process_peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+                    * 1024}
+            with open(args.out, "w") as f:
+                json.dump({"meta": meta, "rows": rows, "loss_curves": curves, "qlora": qlora},
+                          f, indent=1)
+
+    qparams, losses, secs = _train_qat(model, model.params, rtn, args, args.learn_scales)
+    name = f"QAT {'LSQ scales' if args.learn_scales else 'STE'} ({args.steps} steps)"
+    rows.append({"name": name, "perplexity": evaluate(qparams), "seconds": secs,
+                 "param_bytes": pipeline.param_bytes(qparams)})
+    curves[name] = losses
+    del qparams
+    save()
     ft, losses, secs = _train_float(model, model.params, args)
-    rows.append({"name": "float fine-tune (reference, not quantized)", "perplexity": evaluate(ft),
-                 "seconds": secs})
+    rows.append({"name": f"float fine-tune ({args.steps} steps; reference, not quantized)",
+                 "perplexity": evaluate(ft), "seconds": secs})
     curves["float fine-tune"] = losses
-    qlora = _qlora(model, args, evaluate) if args.qlora_steps else None
+    del ft
+    save()
+    if args.qlora_steps:
+        qlora = _qlora(model, args, evaluate)
+        save()
     gptq_params, gptq_s, _ = pipeline.quantize_model(
         model, args.model, int_recipe(args.bits, args.group, "gptq"),
         calib_tokens=args.calib_tokens, seq_len=args.eval_seq_len)
@@ -165,8 +190,7 @@ def main() -> None:
     base, ptq = rows[0]["perplexity"], rows[1]["perplexity"]
     for r in rows:
         r["gap_closed_vs_rtn"] = (ptq - r["perplexity"]) / (ptq - base) if ptq != base else None
-    device = jax.devices()[0].device_kind
-    tokens_per_step = args.batch_size * args.seq_len
+    save()
     print(f"\n{args.model}, int{args.bits} g{args.group}; train: {args.steps} steps x "
           f"{tokens_per_step} tokens of bundled {CALIB_TEXT}; eval: {args.eval_tokens or 'all'} "
           f"tokens of {label}; {device}\n")
@@ -182,15 +206,6 @@ def main() -> None:
               + ", ".join(f"{k} {v:.3f}" for k, v in qlora["perplexity"].items()))
         print(f"training state: QLoRA {mb(sb['qlora_total'])} {sb['qlora']} vs bf16 full "
               f"fine-tune {mb(sb['bf16_full_finetune_total'])} {sb['bf16_full_finetune']}")
-    if args.out:
-        meta = {"date": datetime.date.today().isoformat(), "model": args.model,
-                "device": device, "machine": platform.machine(), "jax": jax.__version__,
-                "eval_text": label, "train_text": f"bundled {CALIB_TEXT}",
-                "settings": vars(args), "tokens_per_step": tokens_per_step,
-                "wall_seconds": time.perf_counter() - wall}
-        with open(args.out, "w") as f:
-            json.dump({"meta": meta, "rows": rows, "loss_curves": curves, "qlora": qlora}, f,
-                      indent=1)
 
 
 if __name__ == "__main__":
