@@ -21,6 +21,7 @@ SMALL_ARGS: dict[str, list[str]] = {
     "export_restore_compressed_tensors.py": ["--width", "64"],
     "sharded_quantize.py": ["--d-model", "128"],
     "sharded_calibration.py": ["--windows", "8", "--layers", "1"],
+    "calibrated_ptq.py": ["--d-model", "64", "--layers", "1", "--windows", "8"],
     "qat_smollm2.py": ["--steps", "1", "--seq-len", "32", "--batch-size", "1",
                        "--eval-tokens", "512"],
     "qlora_smollm2.py": ["--steps", "1", "--seq-len", "32", "--batch-size", "1",
