@@ -132,3 +132,22 @@ def test_gptq_matches_float64_reference_sweep(k, group, fmt, block_size):
     assert np.mean(np.isclose(ours, ref, rtol=1e-4, atol=1e-7)) > 0.98
     err_ours, err_ref = output_error(x, w, ours), output_error(x, w, ref)
     assert abs(err_ours - err_ref) < 0.02 * err_ref
+
+
+@pytest.mark.parametrize("act_order", [False, True])
+def test_gptq_with_mse_clipped_group_scales(act_order):
+    """The scheme's MSE clip search picks each group's range inside the sweep: the result is on
+    the grid of its stored scales and beats RTN with the same clipping."""
+    from jaxquant.core.spec import Clipping
+
+    x = correlated_inputs(5)
+    w = np.random.default_rng(6).standard_t(3, size=(K, N)).astype(np.float32) * 0.05
+    spec = WeightScheme("int4", group_size=64, clipping=Clipping("mse")).resolve((K, N), 0, "w")
+    q = gptq_quantize(jnp.asarray(w), jnp.asarray(x.T @ x), spec, act_order=act_order)
+    rtn = quantize_array(jnp.asarray(w), spec)
+    assert output_error(x, w, q.dequantize()) < 0.85 * output_error(x, w, rtn.dequantize())
+    scale = np.repeat(np.asarray(q.block_scale(), np.float64), 64, axis=0)
+    codes = np.asarray(jq.get_format("int4").codec.decode(q.codes()), np.float64)
+    np.testing.assert_allclose(np.asarray(q.dequantize(), np.float64), codes * scale,
+                               rtol=1e-6, atol=1e-12)
+    assert np.abs(codes).max() <= 7
