@@ -11,15 +11,18 @@ models: `nnx.merge(graphdef, materialize(qat_state))` gives the weight-only QAT 
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+import os
+from typing import Any, Callable
 
 from flax import linen as nn
 
 from jaxquant.core.spec import ActivationSpec
 from jaxquant.errors import JaxquantError
 from jaxquant.inference.einsum_dims import einsum_dimension_numbers
-from jaxquant.qat.params import activation_specs, materialize
+from jaxquant.qat.params import activation_specs, materialize, prepare_qat
 from jaxquant.qat.ste import fake_quant_activation
+from jaxquant.recipes.recipe import Recipe
 
 
 def _contracting(module: nn.Module, x: Any) -> tuple[int, ...]:
@@ -59,3 +62,13 @@ def qat_apply(module: nn.Module, qat_params: Any, *args: Any, **kwargs: Any) -> 
         return module.apply(params, *args, **kwargs)
     with nn.intercept_methods(activation_interceptor(specs)):
         return module.apply(params, *args, **kwargs)
+
+
+def qat_forward(module: nn.Module, params: Any, recipe: Recipe | str | os.PathLike, *,
+                learn_scales: bool = False, module_types: dict[str, str] | None = None
+                ) -> tuple[Callable[..., Any], Any]:
+    """One call from a Linen model + recipe to QAT: (apply_fn, qat_params) where
+    apply_fn(qat_params, *args) is the differentiable fake-quant forward and qat_params (see
+    prepare_qat) is the trainable tree, initialized at round to nearest."""
+    qat = prepare_qat(params, recipe, learn_scales=learn_scales, module_types=module_types)
+    return functools.partial(qat_apply, module), qat

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import resource
 import time
@@ -39,6 +40,9 @@ from jaxquant.qat.params import convert, prepare_qat
 from jaxquant.qat.train import lm_loss, make_step, token_batches, train, tree_bytes
 from jaxquant.recipes import Recipe, Rule, WeightScheme
 from jaxquant.recipes.recipe import DEFAULT_TARGETS
+
+STAGES = ("ptq", "qat", "float", "qlora", "gptq")
+ORIGINAL = "original (f32)"
 
 
 def int_recipe(bits: int, group: int, method: str = "rtn") -> Recipe:
@@ -127,7 +131,10 @@ def main() -> None:
     p.add_argument("--lora-alpha", type=float, default=32.0)
     p.add_argument("--lora-lr", type=float, default=2e-4)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="write JSON here")
+    p.add_argument("--stages", default=",".join(STAGES),
+                   help="comma list of stages to run (default all); rows of an existing --out "
+                        "file are kept, so stages can run in separate processes")
+    p.add_argument("--out", default=None, help="write JSON here (merged with an existing file)")
     args = p.parse_args()
 
     wall = time.perf_counter()
@@ -142,17 +149,30 @@ def main() -> None:
         return perplexity(fn, params, eval_ids, seq_len=args.eval_seq_len, batch_size=2,
                           max_tokens=args.eval_tokens or None, desc=desc).ppl
 
-    rows: list[dict[str, Any]] = [{"name": "original (f32)", "perplexity": evaluate(model.params)}]
-    rtn = int_recipe(args.bits, args.group)
-    rtn_params = jq.quantize(model.params, rtn)
-    rows.append({"name": f"PTQ RTN {rtn.name}", "perplexity": evaluate(rtn_params)})
-    del rtn_params
-    curves: dict[str, list[float]] = {}
-    qlora = None
+    stages = set(args.stages.split(","))
+    unknown = stages - set(STAGES)
+    if unknown:
+        raise SystemExit(f"unknown --stages {sorted(unknown)}; choose from {STAGES}")
+    previous = json.load(open(args.out)) if args.out and os.path.exists(args.out) else {}
+    rows: list[dict[str, Any]] = previous.get("rows", [])
+    curves: dict[str, list[float]] = previous.get("loss_curves", {})
+    qlora = previous.get("qlora")
     device = jax.devices()[0].device_kind
     tokens_per_step = args.batch_size * args.seq_len
 
-    def save() -> None:  # after every stage, so a stopped run keeps what it measured
+    def add(row: dict[str, Any]) -> None:
+        """Record a row (replacing one of the same name) and save: every stage is kept even if
+        a later one fails or runs in another process (--stages)."""
+        rows[:] = [r for r in rows if r["name"] != row["name"]] + [row]
+        base = next((r for r in rows if r["name"] == ORIGINAL), None)
+        rtn = next((r for r in rows if r["name"].startswith("PTQ RTN")), None)
+        for r in rows:
+            if base and rtn and rtn["perplexity"] != base["perplexity"]:
+                r["gap_closed_vs_rtn"] = ((rtn["perplexity"] - r["perplexity"])
+                                          / (rtn["perplexity"] - base["perplexity"]))
+        save()
+
+    def save() -> None:
         if args.out:
             meta = {"date": datetime.date.today().isoformat(), "model": args.model,
                     "device": device, "machine": platform.machine(), "jax": jax.__version__,
@@ -165,39 +185,42 @@ def main() -> None:
                 json.dump({"meta": meta, "rows": rows, "loss_curves": curves, "qlora": qlora},
                           f, indent=1)
 
-    qparams, losses, secs = _train_qat(model, model.params, rtn, args, args.learn_scales)
-    name = f"QAT {'LSQ scales' if args.learn_scales else 'STE'} ({args.steps} steps)"
-    rows.append({"name": name, "perplexity": evaluate(qparams), "seconds": secs,
-                 "param_bytes": pipeline.param_bytes(qparams)})
-    curves[name] = losses
-    del qparams
-    save()
-    ft, losses, secs = _train_float(model, model.params, args)
-    rows.append({"name": f"float fine-tune ({args.steps} steps; reference, not quantized)",
-                 "perplexity": evaluate(ft), "seconds": secs})
-    curves["float fine-tune"] = losses
-    del ft
-    save()
-    if args.qlora_steps:
+    rtn = int_recipe(args.bits, args.group)
+    if "ptq" in stages:
+        add({"name": ORIGINAL, "perplexity": evaluate(model.params)})
+        add({"name": f"PTQ RTN {rtn.name}", "perplexity": evaluate(jq.quantize(model.params, rtn))})
+    if "qat" in stages:
+        qparams, losses, secs = _train_qat(model, model.params, rtn, args, args.learn_scales)
+        name = f"QAT {'LSQ scales' if args.learn_scales else 'STE'} ({args.steps} steps)"
+        curves[name] = losses
+        add({"name": name, "perplexity": evaluate(qparams), "seconds": secs,
+             "param_bytes": pipeline.param_bytes(qparams)})
+        del qparams
+    if "float" in stages:
+        ft, losses, secs = _train_float(model, model.params, args)
+        curves["float fine-tune"] = losses
+        add({"name": f"float fine-tune ({args.steps} steps; reference, not quantized)",
+             "perplexity": evaluate(ft), "seconds": secs})
+        del ft
+    if "qlora" in stages:
         qlora = _qlora(model, args, evaluate)
         save()
-    gptq_params, gptq_s, _ = pipeline.quantize_model(
-        model, args.model, int_recipe(args.bits, args.group, "gptq"),
-        calib_tokens=args.calib_tokens, seq_len=args.eval_seq_len)
-    rows.insert(2, {"name": f"PTQ GPTQ ({args.calib_tokens} calibration tokens)",
-                    "perplexity": evaluate(gptq_params), "seconds": gptq_s})
+    if "gptq" in stages:
+        gptq_params, gptq_s, _ = pipeline.quantize_model(
+            model, args.model, int_recipe(args.bits, args.group, "gptq"),
+            calib_tokens=args.calib_tokens, seq_len=args.eval_seq_len)
+        add({"name": f"PTQ GPTQ ({args.calib_tokens} calibration tokens)",
+             "perplexity": evaluate(gptq_params), "seconds": gptq_s})
 
-    base, ptq = rows[0]["perplexity"], rows[1]["perplexity"]
-    for r in rows:
-        r["gap_closed_vs_rtn"] = (ptq - r["perplexity"]) / (ptq - base) if ptq != base else None
-    save()
     print(f"\n{args.model}, int{args.bits} g{args.group}; train: {args.steps} steps x "
           f"{tokens_per_step} tokens of bundled {CALIB_TEXT}; eval: {args.eval_tokens or 'all'} "
           f"tokens of {label}; {device}\n")
     print("| model | perplexity | share of the RTN gap closed |")
     print("|---|---|---|")
     for r in rows:
-        print(f"| {r['name']} | {r['perplexity']:.3f} | {r['gap_closed_vs_rtn']:.0%} |")
+        closed = r.get("gap_closed_vs_rtn")
+        print(f"| {r['name']} | {r['perplexity']:.3f} | "
+              f"{'-' if closed is None else format(closed, '.0%')} |")
     if qlora:
         mb = lambda b: f"{b / 2**20:,.1f} MiB"  # noqa: E731
         sb = qlora["state_bytes"]
