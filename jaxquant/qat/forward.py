@@ -47,7 +47,8 @@ def activation_interceptor(specs: dict[str, ActivationSpec]):
             return next_fun(*args, **kwargs)
         if not isinstance(module, (nn.Dense, nn.DenseGeneral, nn.Einsum)):
             raise JaxquantError(f"{'/'.join(module.path)}: activation quantization applies to "
-                                f"Dense, DenseGeneral and Einsum layers, not {type(module).__name__}")
+                                "Dense, DenseGeneral and Einsum layers, not "
+                                f"{type(module).__name__}")
         x, *rest = args
         return next_fun(fake_quant_activation(x, spec, _contracting(module, x)), *rest, **kwargs)
 

@@ -1,7 +1,8 @@
 """Learned step size (LSQ, Esser et al. 2020) fake quantization: block scales as parameters.
 
 The scale of every block is a trainable f32 log-scale (grid shape G), so it stays positive
-(and finite: the log is clamped to LOG_SCALE_RANGE) whatever the optimizer does. Forward: the real format's round trip with scale = exp(log_scale)
+(and finite: the log is clamped to LOG_SCALE_RANGE) whatever the optimizer does. Forward: the
+real format's round trip with scale = exp(log_scale)
 (rounded to the scheme's scale dtype, as stored). Backward, with v = x / s (+ zero-point) and
 Q = decode(encode(v)) (- zero-point):
     d out / d x = 1 inside the clipping range, 0 outside            (straight through)

@@ -80,7 +80,10 @@ def _qlora(model, args, evaluate) -> dict[str, Any]:
     cfg = LoraConfig(rank=args.lora_rank, alpha=args.lora_alpha)
     adapters = init_adapters(jax.random.key(args.seed), base, cfg)
     opt = optax.adam(args.lora_lr)
-    loss_fn = lambda a, tok, b: lm_loss(lora_apply(model.module, b, a, cfg, tok)[0], tok)  # noqa: E731
+
+    def loss_fn(a: Any, tok: Any, b: Any) -> Any:
+        return lm_loss(lora_apply(model.module, b, a, cfg, tok)[0], tok)
+
     step = make_step(loss_fn, opt, base)
     start = time.perf_counter()
     adapters, opt_state, losses = train(step, adapters, opt.init(adapters), _batches(model, args),

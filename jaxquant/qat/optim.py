@@ -23,7 +23,8 @@ def param_labels(qat: Any) -> Any:
 
 
 def qat_optimizer(learning_rate: float | optax.Schedule,
-                  scale_learning_rate: float | optax.Schedule | None = None) -> optax.GradientTransformation:
+                  scale_learning_rate: float | optax.Schedule | None = None
+                  ) -> optax.GradientTransformation:
     """Adam on weights (and any float parameter) at `learning_rate`, on LSQ log-scales at
     `scale_learning_rate` (default: the same), zero-points frozen. Adam normalizes gradient
     magnitudes, so the scales' rate is what sets how fast they move (per step, in log units)."""

@@ -120,8 +120,8 @@ def test_nnx_weight_only_qat():
     assert all(float(jnp.abs(g).sum()) > 0 for g in jax.tree_util.tree_leaves(grads["fc1"]))
     with jq.intercept():
         out = nnx.merge(graphdef, convert(qat))(x)
-    np.testing.assert_allclose(np.asarray(out), np.asarray(nnx.merge(graphdef, materialize(qat))(x)),
-                               rtol=1e-6, atol=1e-6)
+    ref = nnx.merge(graphdef, materialize(qat))(x)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=1e-6, atol=1e-6)
 
 
 def test_bad_input_is_a_clear_error(tiny):

@@ -34,7 +34,8 @@ def _x(seed: int) -> np.ndarray:
     return x
 
 
-def _reference_mask(x: np.ndarray, fmt: str, block, clipping: dict) -> tuple[np.ndarray, np.ndarray]:
+def _reference_mask(x: np.ndarray, fmt: str, block, clipping: dict
+                    ) -> tuple[np.ndarray, np.ndarray]:
     """(inside the clipping range, near its boundary) from the float64 reference scales."""
     ref = R.reference_quantize(x, fmt, block, double_quant=fmt == "nf4", clipping=clipping)
     scale = R.broadcast_blocks(np.asarray(ref.scale, np.float64), x.shape, block)
