@@ -10,7 +10,8 @@ Method: the cache holds `context` positions and starts filled to context - 2 * s
 values do not change the work); a jitted one-token decode step (cache donated) is compiled and
 warmed up, then `steps` dependent steps are timed, median of 3 runs -> tokens/s = batch / step.
 Largest batch: the memory left after the weights, divided by the cache bytes of one sequence
-(estimate), then checked by running decode steps at that batch and one step above it.
+(estimate), then checked by running decode steps: down from the estimate until one fits, then
+up in steps of estimate / 32 until one does not.
 Writes <date>-<device>-kv-cache-decode.json under $OUT (or kernels/benchmarks/results).
 """
 
@@ -95,9 +96,13 @@ def largest_batch(model: Llama, params: Any, context: int, spec: KVCacheSpec) ->
         if ok:
             break
         b -= step
-    above = b + step
-    ok_above = fits(model, params, above, context, spec)
-    tried.append((above, ok_above))
+    while True:  # step up until a batch does not fit (the estimate may be conservative)
+        above = b + step
+        ok_above = fits(model, params, above, context, spec)
+        tried.append((above, ok_above))
+        if not ok_above:
+            break
+        b = above
     return {"estimate": est, "largest_confirmed": b, "next_tried": above,
             "next_fits": ok_above, "tried": tried, "cache_bytes_per_sequence": per_seq,
             "bytes_limit": limit, "bytes_in_use_before": used}
