@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import time
@@ -310,6 +311,8 @@ def cmd_sensitivity(args: argparse.Namespace) -> dict[str, Any]:
     from jaxquant.recipes.io import resolve_recipe, save_recipe
     from jaxquant.tree_paths import flatten
 
+    if args.plot and importlib.util.find_spec("matplotlib") is None:  # before, not after, the work
+        raise JaxquantError("--plot needs matplotlib: pip install matplotlib")
     model = pipeline.cached_model(args.model)
     low = pipeline.with_overrides(resolve_recipe(args.recipe or "w4a16"), args.method, args.bits)
     high = resolve_recipe(args.high)

@@ -3,7 +3,7 @@ parameter bytes and time to quantize, on the same evaluation windows.
 
     pip install "jaxquant[bench]"     # qwix, for the side-by-side columns (else --no-qwix)
     python -m jaxquant.evaluation.method_table [--max-tokens 8192] [--calib-tokens 8192]
-        [--only "int4 g128"] [--no-qwix] [--out results.json]
+        [--only "int4 g128"] [--methods RTN,GPTQ] [--no-qwix] [--out results.json]
 
 Settings: int4 g128 (the w4a16 scheme), int3 g128, int4 per-channel, each with RTN (min-max
 range), RTN with an MSE-searched clip per group, GPTQ and AWQ; W8A8 int8 and FP8 (dynamic per
@@ -120,6 +120,7 @@ def main() -> None:
     p.add_argument("--calib-tokens", type=int, default=8192)
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--only", default=None, help="comma-separated settings, e.g. 'int4 g128'")
+    p.add_argument("--methods", default=None, help="comma-separated methods, e.g. 'RTN,GPTQ'")
     p.add_argument("--no-qwix", action="store_true", help="leave out the Qwix columns")
     p.add_argument("--out", default=None, help="write JSON here")
     args = p.parse_args()
@@ -140,8 +141,9 @@ def main() -> None:
             "gptq_args": GPTQ_ARGS}
     rows: list[dict] = []
     only = args.only.split(",") if args.only else None
+    methods = args.methods.split(",") if args.methods else None
     for row in all_rows():
-        if only and row.setting not in only:
+        if (only and row.setting not in only) or (methods and row.method not in methods):
             continue
         qp, secs, _ = pipeline.quantize_model(model, args.model, row.recipe,
                                               calib_tokens=args.calib_tokens, progress=False)

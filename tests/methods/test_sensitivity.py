@@ -72,3 +72,22 @@ def test_group_patterns():
     assert group_of(p, "block") == r"(^|/)layers_12/"
     with pytest.raises(JaxquantError, match="granularity"):
         group_of(p, "row")
+
+
+def test_plot_without_matplotlib_fails_before_measuring(monkeypatch):
+    import importlib.util
+
+    from jaxquant import cli
+    from jaxquant.cli import pipeline
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "matplotlib" else real(name, *a))
+
+    def no_model(name):
+        raise AssertionError("the model was loaded before the --plot check")
+
+    monkeypatch.setattr(pipeline, "cached_model", no_model)
+    args = cli.build_parser().parse_args(["sensitivity", "--plot", "ladder.png"])
+    with pytest.raises(JaxquantError, match="--plot needs matplotlib"):
+        cli.cmd_sensitivity(args)
