@@ -108,6 +108,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise JaxquantError("--learn-scales applies to QAT, not to --qlora (its base is frozen)")
     recipe = pipeline.with_overrides(resolve_recipe(args.recipe or ("nf4" if args.qlora
                                                                     else "w4a16")), None, args.bits)
+    calibrated = [r.method for r in recipe.rules if r.method != "rtn"]
+    if calibrated:
+        raise JaxquantError(f"recipe {recipe.name!r} uses method {calibrated[0]!r}; QAT and QLoRA "
+                            "start from round to nearest: use a recipe with method 'rtn'")
     model = pipeline.cached_model(args.model)
     train_text, train_label = read_text(args.text, default=CALIB_TEXT)
     batches = token_batches(model.tokenizer.encode(train_text), args.seq_len, args.batch_size,

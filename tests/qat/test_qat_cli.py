@@ -56,6 +56,7 @@ def test_qat_bad_input(capsys, tmp_path):
         (["--out", str(tmp_path / "a"), "--steps", "0"], "steps=0 must be >= 1"),
         (["--out", str(tmp_path / "a"), "--lr=-1e-4"], "learning_rate is -0.0001"),
         (["--out", str(tmp_path / "a"), "--qlora", "--learn-scales"], "--learn-scales applies"),
+        (["--out", str(tmp_path / "a"), "--recipe", "w4a16-gptq"], "uses method 'gptq'"),
     ]:
         code, _, err = _run(capsys, "qat", *argv)
         assert code == 2 and msg in " ".join(err.split()), err
