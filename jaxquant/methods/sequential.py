@@ -12,10 +12,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+from jax import Array
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -205,10 +206,14 @@ def quantize_calibrated(
     *,
     batch_size: int = 8,
     progress: bool = True,
+    place_batch: Callable[[np.ndarray], Array] = jnp.asarray,
+    statistics: Callable[..., dict[str, LayerStats]] = block_statistics,
 ) -> tuple[Any, CalibrationReport]:
     """Quantize `params` of `model` (jaxquant.models.Llama) with a recipe whose rules may use
     gptq / awq / smoothquant, calibrating on `calibration_tokens` int32 [n_windows, T].
-    Layers outside the decoder blocks (e.g. an untied head) use round-to-nearest."""
+    Layers outside the decoder blocks (e.g. an untied head) use round-to-nearest.
+    place_batch puts one batch of windows on device(s); statistics(adapter, i, block, rules,
+    hidden) gathers block i's layer statistics (jaxquant.sharding swaps in data-parallel ones)."""
     recipe = resolve_recipe(recipe)
     adapter = LlamaAdapter(model)
     wins = np.asarray(calibration_tokens, np.int32)
@@ -218,7 +223,7 @@ def quantize_calibrated(
     start = time.perf_counter()
     params = jax.tree_util.tree_map(lambda x: x, params)  # never modify the caller's tree
     embed = jax.jit(adapter.embed)
-    hidden = [embed(params, jnp.asarray(wins[j: j + batch_size]))
+    hidden = [embed(params, place_batch(wins[j: j + batch_size]))
               for j in range(0, len(wins), batch_size)]
     used_rules: set[int] = set()
     for i in tqdm(range(adapter.n_blocks), desc="calibrated quantization", disable=not progress):
@@ -234,7 +239,7 @@ def quantize_calibrated(
             if found is not None:
                 used_rules.add(found[0])
                 rules[rel[: -len("/kernel")]] = found[1]
-        stats = block_statistics(adapter, i, block, rules, hidden)
+        stats = statistics(adapter, i, block, rules, hidden)
         qblock = _quantize_block(adapter, i, block, rules, stats, report)
         params["params"][f"layers_{i}"] = qblock
         run = _compiled(adapter, quantized=True)

@@ -14,9 +14,6 @@ Batches are merged in order, so the streaming statistics match the single-device
 
 from __future__ import annotations
 
-import dataclasses
-import time
-import warnings
 from typing import Any
 
 import jax
@@ -25,15 +22,11 @@ import numpy as np
 from jax import Array, lax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-import jaxquant as jq
-from jaxquant.core.qarray import QArray
 from jaxquant.errors import JaxquantError
 from jaxquant.methods import sequential
 from jaxquant.methods.adapters import LlamaAdapter
 from jaxquant.methods.capture import LayerStats, captured_apply, update_stats
-from jaxquant.recipes.io import resolve_recipe
 from jaxquant.recipes.recipe import Recipe, Rule
-from jaxquant.tree_paths import flatten
 
 P = PartitionSpec
 
@@ -113,8 +106,6 @@ def quantize_calibrated_dp(
     calibration windows int32 [n_windows, T] are split across devices batch by batch (every
     batch must split evenly), hidden states stay sharded, statistics are reduced across devices
     (dp_block_statistics) and the per-layer methods run on the reduced statistics."""
-    recipe = resolve_recipe(recipe)
-    adapter = LlamaAdapter(model)
     wins = np.asarray(calibration_tokens, np.int32)
     if wins.ndim != 2 or wins.shape[0] == 0:
         raise JaxquantError("calibration_tokens must be a non-empty [n_windows, seq_len] array")
@@ -124,37 +115,8 @@ def quantize_calibrated_dp(
         raise JaxquantError(
             f"calibration batches of {sorted(sizes)} windows do not split over {n} devices of "
             f"mesh axis {data_axis!r}; use batch_size and a window count that are multiples of {n}")
-    report = sequential.CalibrationReport(tokens=int(wins.size))
-    start = time.perf_counter()
-    params = jax.tree_util.tree_map(lambda x: x, params)
     batch_sharding = NamedSharding(mesh, P(data_axis))
-    embed = jax.jit(adapter.embed)
-    hidden = [embed(params, jax.device_put(wins[j: j + batch_size], batch_sharding))
-              for j in range(0, len(wins), batch_size)]
-    used: set[int] = set()
-    for i in range(adapter.n_blocks):
-        t0 = time.perf_counter()
-        prefix = adapter.block_path(i) + "/"
-        block = adapter.block_params(params, i)
-        rules: dict[str, Rule] = {}
-        for path, _ in flatten({"k": block})[0]:
-            rel = path[2:]
-            found = recipe.rule_for(prefix + rel) if rel.endswith("/kernel") else None
-            if found is not None:
-                used.add(found[0])
-                rules[rel[: -len("/kernel")]] = found[1]
-        stats = dp_block_statistics(mesh, data_axis, adapter, i, block, rules, hidden)
-        qblock = sequential._quantize_block(adapter, i, block, rules, stats, report)
-        params["params"][f"layers_{i}"] = qblock
-        run = jax.jit(captured_apply(adapter.block_module(i), quantized=True))
-        hidden = [run({"params": qblock}, h, *adapter.block_args(h))[0][0] for h in hidden]
-        report.block_seconds.append(time.perf_counter() - t0)
-    rest = Recipe(tuple(dataclasses.replace(r, method="rtn") for r in recipe.rules),
-                  ignore=recipe.ignore + (r"re:(^|/)layers_\d+/",), name=recipe.name)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        params = jq.quantize(params, rest)
-    report.seconds = time.perf_counter() - start
-    if not used and not any(isinstance(x, QArray) for _, x in flatten(params)[0]):
-        raise JaxquantError(f"recipe {recipe.name!r} targets no layer of this model")
-    return params, report
+    return sequential.quantize_calibrated(
+        model, params, recipe, wins, batch_size=batch_size, progress=False,
+        place_batch=lambda w: jax.device_put(w, batch_sharding),
+        statistics=lambda *a: dp_block_statistics(mesh, data_axis, *a))
