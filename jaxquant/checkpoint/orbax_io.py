@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from jaxquant.checkpoint import shardings
+from jaxquant.checkpoint.atomic import atomic_directory
 from jaxquant.checkpoint.manifest import (
     FORMAT_VERSION,
     abstract_leaf,
@@ -57,9 +56,7 @@ def save(path: str | os.PathLike, tree: Any, recipe: Recipe | None = None, *,
         raise JaxquantError(f"output directory {str(path)!r} exists; pass overwrite=True "
                             "(--overwrite) or choose another path")
     arrays, manifest = to_arrays(tree)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
+    with atomic_directory(path) as tmp:
         ckptr = ocp.StandardCheckpointer()
         ckptr.save(tmp / "arrays", {_escape(k): v for k, v in arrays.items()})
         ckptr.wait_until_finished()
@@ -72,12 +69,6 @@ def save(path: str | os.PathLike, tree: Any, recipe: Recipe | None = None, *,
             "extra": extra or {},
         }
         (tmp / MANIFEST).write_text(json.dumps(info, indent=1))
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 

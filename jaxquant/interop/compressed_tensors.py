@@ -22,14 +22,13 @@ import dataclasses
 import json
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import ml_dtypes
 import numpy as np
 
+from jaxquant.checkpoint.atomic import atomic_directory
 from jaxquant.core.qarray import QArray
 from jaxquant.core.spec import ActivationSpec
 from jaxquant.errors import JaxquantError
@@ -363,15 +362,7 @@ def export_dir(path: str | os.PathLike, tree: Any, *, recipe: Any = None,
         "jaxquant": {"library_version": __version__, "base_model": base_model,
                      "recipe": recipe_to_dict(recipe) if recipe is not None else None},
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
+    with atomic_directory(path) as tmp:
         write(tmp / "model.safetensors", tensors, metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(config, indent=1))
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
