@@ -18,6 +18,11 @@ grid; a last block that B does not fill is ragged):
               the nested scale QArray stores block absmax values minus their mean (as bitsandbytes).
   meta        static: format name, S, logical dtype, B, axis, granularity, layout, and the
               activation scheme the layer's inputs get at inference (None: weight-only).
+Layout "nk" (a GPU inference layout of 4-bit [K, N] weights, made once by
+jaxquant.inference.gpu_layout.to_gpu_layout for the Mosaic GPU W4A16 kernel): qvalue is
+jnp.int4 [N, K] holding the signed values (asymmetric codes minus 8), scale bf16 and, for
+asymmetric formats, zero_point bf16 (zero point minus 8) of grid shape G; codes() and
+dequantize() return what the canonical layout gives.
 Element (i0, i1, ...) dequantizes to (decode(code) - zero_point[g]) * scale[g] (+ offset) with
 g = (i0 // B[0], i1 // B[1], ...). Works under jit, vmap (stack QArrays of equal meta),
 device_put and shardings: only the array fields are leaves.
@@ -59,12 +64,19 @@ class QMeta:
         return blocks.grid_shape(self.shape, self.block_shape)
 
 
+LAYOUT_NK = "nk"
+_NIBBLE_DTYPES = (jnp.dtype(jnp.int4), jnp.dtype(jnp.uint4))
+
+
 def _nbytes(x: Any) -> int:
     if x is None:
         return 0
     if isinstance(x, QArray):
         return x.nbytes
-    return int(math.prod(x.shape)) * jnp.dtype(x.dtype).itemsize
+    n = int(math.prod(x.shape))
+    if jnp.dtype(x.dtype) in _NIBBLE_DTYPES:  # stored packed two per byte on device
+        return -(-n // 2)
+    return n * jnp.dtype(x.dtype).itemsize
 
 
 @jax.tree_util.register_dataclass
@@ -118,6 +130,9 @@ class QArray:
     def codes(self) -> Array:
         """Unpacked element codes of the logical shape (uint8 nibbles, int8, uint8 or float8)."""
         fmt = get_format(self.meta.format)
+        if self.meta.layout == LAYOUT_NK:
+            v = self.qvalue.T.astype(jnp.int32)  # signed values [K, N]
+            return ((v + 8) if fmt.asymmetric else (v & 0xF)).astype(jnp.uint8)
         if fmt.codec.packed:
             return unpack_nibbles(self.qvalue, self.meta.axis, self.meta.shape[self.meta.axis])
         return self.qvalue
@@ -137,7 +152,10 @@ class QArray:
     def dequantize(self, dtype: Any = None) -> Array:
         """The logical array: shape meta.shape, dtype `dtype` or meta.dtype."""
         fmt = get_format(self.meta.format)
-        values = blocks.to_blocks(fmt.codec.decode(self.codes()), self.meta.block_shape)
+        if self.meta.layout == LAYOUT_NK:  # signed values; zero points already minus 8
+            values = blocks.to_blocks(self.qvalue.T.astype(jnp.float32), self.meta.block_shape)
+        else:
+            values = blocks.to_blocks(fmt.codec.decode(self.codes()), self.meta.block_shape)
         if self.zero_point is not None:
             values = values - blocks.expand(self.zero_point.astype(jnp.float32))
         out = blocks.from_blocks(values * blocks.expand(self.block_scale()), self.meta.shape)

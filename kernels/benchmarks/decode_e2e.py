@@ -34,6 +34,7 @@ import numpy as np
 
 import jaxquant as jq
 from jaxquant.kernels.benchmarks import harness as H
+from jaxquant.inference.gpu_layout import to_gpu_layout
 from jaxquant.kernels.autotune import device_us
 from jaxquant.models.llama import Llama, LlamaConfig, fuse_projections
 from jaxquant.recipes.recipe import DEFAULT_IGNORE, DEFAULT_TARGETS, Recipe, Rule
@@ -132,14 +133,18 @@ def check_logits(cfg: LlamaConfig, qparams: Any, layers: int = 2) -> float:
     return H.rel_err(outs[1], outs[0])
 
 
-# name -> (fused projections, recipe (None: bf16 weights), dispatch backend)
-VARIANTS: dict[str, tuple[bool, Recipe | None, str]] = {
-    "bf16": (False, None, "xla"),
-    "bf16 fused": (True, None, "xla"),
-    "w4a16": (False, w4a16_recipe(False), "auto"),
-    "w4a16 fused": (True, w4a16_recipe(False), "auto"),
-    "w4a16+head fused": (True, w4a16_recipe(True), "auto"),
-    "w4a16 (XLA dequant)": (False, w4a16_recipe(False), "xla"),
+# name -> (fused projections, recipe (None: bf16 weights), dispatch backend, GPU "nk" layout:
+# the Mosaic GPU kernel instead of the Pallas-Triton one)
+VARIANTS: dict[str, tuple[bool, Recipe | None, str, bool]] = {
+    "bf16": (False, None, "xla", False),
+    "bf16 fused": (True, None, "xla", False),
+    "w4a16": (False, w4a16_recipe(False), "auto", False),
+    "w4a16 fused": (True, w4a16_recipe(False), "auto", False),
+    "w4a16+head fused": (True, w4a16_recipe(True), "auto", False),
+    "w4a16 mosaic": (False, w4a16_recipe(False), "auto", True),
+    "w4a16 mosaic fused": (True, w4a16_recipe(False), "auto", True),
+    "w4a16+head mosaic fused": (True, w4a16_recipe(True), "auto", True),
+    "w4a16 (XLA dequant)": (False, w4a16_recipe(False), "xla", False),
 }
 
 
@@ -168,17 +173,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if any(VARIANTS[n][0] for n in names):
         floats[True] = fuse_projections(floats[False])
     models = {f: Llama(dataclasses.replace(cfg, fused_projections=f)) for f in floats}
-    err = check_logits(cfg, jq.quantize(floats[False], w4a16_recipe(False)))
+    q0 = jq.quantize(floats[False], w4a16_recipe(False))
+    err = check_logits(cfg, q0)
+    err_nk = check_logits(cfg, to_gpu_layout(q0))
+    del q0
     print(f"device {dev.device_kind}, jax {jax.__version__}; {cfg.n_layers} layers, d={cfg.d_model}"
-          f", ffn={cfg.ffn_dim}; W4A16 logits vs XLA dequant (2 blocks): rel err {err:.2e}",
-          flush=True)
+          f", ffn={cfg.ffn_dim}; W4A16 logits vs XLA dequant (2 blocks): rel err {err:.2e} "
+          f"(canonical layout, Triton), {err_nk:.2e} (nk layout, Mosaic GPU)", flush=True)
     rows: list[dict] = []
     base: dict[int, float] = {}
     print("variant | batch | ms/step | tok/s | x bf16 | weight GB | paths | kernel ms/step",
           flush=True)
     for name in names:
-        fused, recipe, backend = VARIANTS[name]
+        fused, recipe, backend, nk = VARIANTS[name]
         params = floats[fused] if recipe is None else jq.quantize(floats[fused], recipe)
+        if nk:
+            params = to_gpu_layout(params)
         for b in batches:
             if "XLA" in name and b not in xla_batches:
                 continue
@@ -199,13 +209,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
     meta = dict(kernel="_meta", device=dev.device_kind, jax=jax.__version__,
                 date=datetime.date.today().isoformat(),
                 config=dataclasses.asdict(cfg) | {"dtype": "bfloat16"}, steps=args.steps,
-                logits_rel_err=err,
+                logits_rel_err=err, logits_rel_err_nk=err_nk,
+                xla_flags=os.environ.get("XLA_FLAGS", ""),
                 method="jitted one-token decode step (cache donated), warm-up, 3 runs of `steps` "
                        "dependent steps, median seconds per step; x bf16 against the unfused "
                        "bf16 model at the same batch")
     root = os.environ.get("OUT") or os.path.join(os.path.dirname(__file__), "results")
     kind = str(dev.device_kind).replace(" ", "_")
-    H.write_json(os.path.join(root, f"{meta['date']}-{kind}-decode.json"), [meta] + rows)
+    tag = os.environ.get("DECODE_TAG", "")
+    H.write_json(os.path.join(root, f"{meta['date']}-{kind}-decode{tag}.json"), [meta] + rows)
     return rows
 
 

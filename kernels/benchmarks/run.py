@@ -2,7 +2,14 @@
 kernels/benchmarks/results/<YYYY-MM-DD>-<device>.json (or $OUT/... when OUT is set).
 
     pip install -e . --no-deps --no-build-isolation -q   # or PYTHONPATH with jaxquant.kernels
-    PYTHONUNBUFFERED=1 python -m jaxquant.kernels.benchmarks.run [w4a16] [fp8] [--quick]
+    PYTHONUNBUFFERED=1 python -m jaxquant.kernels.benchmarks.run [w4a16] [fp8] [--decode]
+        [--tune] [--triton-max-m 16] [--small]
+
+W4A16 rows: the weights in layout "nk" (jaxquant.inference.to_gpu_layout: the Mosaic GPU
+kernel for M <= 256, XLA's dequantize + cuBLAS above) for every shape, and the canonical
+layout (Pallas-Triton) for M <= --triton-max-m, each against XLA's bf16 dot and XLA's int4
+dequantize + dot in the same run. --tune autotunes the Mosaic configs first (cached; the cache
+file is copied to $OUT/autotune.json).
 """
 
 from __future__ import annotations
@@ -28,8 +35,12 @@ def fmt_row(r):
     return " | ".join(out)
 
 
+def _opt(argv, name, default):
+    return argv[argv.index(name) + 1] if name in argv else default
+
+
 def main(argv):
-    ops = [a for a in argv if not a.startswith("--")] or ["w4a16", "fp8"]
+    ops = [a for a in argv if a in ("w4a16", "fp8")] or ["w4a16", "fp8"]
     dl = H.Deadline(float(os.environ.get("BUDGET_S", "540")))
     dev = jax.devices()[0]
     kind = str(dev.device_kind).replace(" ", "_")
@@ -55,22 +66,27 @@ def main(argv):
         by_kn = {}
         for m, k, n, g in shapes:
             by_kn.setdefault((k, n, g), []).append(m)
+        tri_max = int(_opt(argv, "--triton-max-m", "16"))
+        tune = True if "--tune" in argv else None
         for (k, n, g), ms in by_kn.items():
-            if not dl.ok(30):
-                break
-            ss = bench.ShapeSet(k, n, g)
-            for m in ms:
-                if not dl.ok(20):
-                    break
-                try:
-                    r = bench.bench_shape(ss, m, bw)
-                except Exception as e:  # noqa: BLE001
-                    traceback.print_exc()
-                    r = dict(kernel="w4a16", M=m, K=k, N=n, group=g, error=repr(e)[:500])
-                rows.append(r)
-                print(fmt_row(r), flush=True)
-                H.write_json(path, rows)
-            del ss
+            for layout, mlist in (("nk", ms), ("canonical", [m for m in ms if m <= tri_max])):
+                if not dl.ok(30) or not mlist:
+                    continue
+                ss = bench.ShapeSet(k, n, g, layout=layout)
+                for m in mlist:
+                    if not dl.ok(20):
+                        break
+                    try:
+                        r = bench.bench_shape(ss, m, bw, profile=m <= 256,
+                                              tune=tune if layout == "nk" else None)
+                    except Exception as e:  # noqa: BLE001
+                        traceback.print_exc()
+                        r = dict(kernel=f"w4a16 ({layout})", M=m, K=k, N=n, group=g,
+                                 error=repr(e)[:500])
+                    rows.append(r)
+                    print(fmt_row(r), flush=True)
+                    H.write_json(path, rows)
+                del ss
     def run_fp8():
         from jaxquant.kernels.fp8_matmul import arg_specs, bench
 
@@ -89,6 +105,12 @@ def main(argv):
     for op in ops:
         {"w4a16": run_w4a16, "fp8": run_fp8}[op]()
     H.write_json(path, rows)
+    from jaxquant.kernels import autotune
+
+    if os.environ.get("OUT") and os.path.exists(autotune.cache_path()):
+        import shutil
+
+        shutil.copy(autotune.cache_path(), os.path.join(os.environ["OUT"], "autotune.json"))
     print("wrote", path)
 
 

@@ -12,6 +12,14 @@ shape (K, N), contraction axis 0, quantized group-wise along K with group size g
 The kernels read the canonical layout directly (LAYOUT_CANONICAL = "canonical"): the packed
 tile stays N-contiguous (16-byte loads along N) and the even/odd K interleave is undone on
 the small activation tile instead of on the weights, so no pre-shuffle is needed.
+
+Layout "nk" (LAYOUT_NK, read by the Mosaic GPU kernel, made once by `to_nk`):
+  qvalue      int4 [N, K]: row n holds output channel n's K codes, K-contiguous (XLA packs
+              int4 two per byte, so the bytes equal the canonical array transposed). Codes are
+              two's complement; asymmetric codes are stored minus 8 (code ^ 0x8).
+  scale       bfloat16 [ceil(K/g), N].
+  zero_point  asymmetric only: bfloat16 [ceil(K/g), N] = zero_point - 8 (exact), so that
+              W = (qvalue - zero_point) * scale in both cases.
 """
 
 from __future__ import annotations
@@ -25,7 +33,8 @@ import jax.numpy as jnp
 from jaxquant.kernels._common import KernelArgumentError
 
 LAYOUT_CANONICAL = "canonical"
-LAYOUTS = (LAYOUT_CANONICAL,)
+LAYOUT_NK = "nk"
+LAYOUTS = (LAYOUT_CANONICAL, LAYOUT_NK)
 
 
 @jax.tree_util.register_dataclass
@@ -98,6 +107,8 @@ def validate(x_shape: tuple[int, ...], x_dtype: Any, w: Int4Weights, group_size:
     M = 1
     for d in x_shape[:-1]:
         M *= int(d)
+    if w.layout == LAYOUT_NK:
+        return (M, K) + _validate_nk(w, K, group_size)
     q = w.qvalue
     if q.dtype != jnp.uint8:
         raise KernelArgumentError(
@@ -129,3 +140,43 @@ def validate(x_shape: tuple[int, ...], x_dtype: Any, w: Int4Weights, group_size:
                 f"{tuple(z.shape)}"
             )
     return M, K, N, G
+
+
+def _validate_nk(w: Int4Weights, K: int, group_size: int) -> tuple[int, int]:
+    q = w.qvalue
+    if q.dtype != jnp.int4 or q.ndim != 2 or int(q.shape[1]) != K:
+        raise KernelArgumentError(
+            f"weights.qvalue (layout 'nk') must be int4 [N, K={K}], got {q.dtype} "
+            f"{tuple(q.shape)}; make it with jaxquant.kernels.w4a16.to_nk(weights, K)"
+        )
+    N = int(q.shape[0])
+    G = -(-K // group_size)
+    for name, a in (("scale", w.scale), ("zero_point", w.zero_point)):
+        if a is not None and (a.dtype != jnp.bfloat16 or tuple(a.shape) != (G, N)):
+            raise KernelArgumentError(
+                f"weights.{name} (layout 'nk') must be bfloat16 [ceil(K/group_size), N] = "
+                f"{(G, N)}, got {a.dtype} {tuple(a.shape)}"
+            )
+    return N, G
+
+
+def to_nk(w: Int4Weights, k: int) -> Int4Weights:
+    """Canonical Int4Weights of a (K, N) weight -> layout "nk" (one pass; do it once when the
+    model is loaded for GPU inference, not per call). K must be even."""
+    if w.layout == LAYOUT_NK:
+        return w
+    if w.layout != LAYOUT_CANONICAL:
+        raise KernelArgumentError(f"weights.layout={w.layout!r}: to_nk converts 'canonical' weights")
+    if k % 2:
+        raise KernelArgumentError(f"to_nk: K={k} must be even (the nk layout packs K pairs)")
+    q = w.qvalue[: k // 2]
+    lo = (q & 0xF).astype(jnp.int8)
+    hi = (q >> 4).astype(jnp.int8)
+    codes = jnp.stack([lo, hi], axis=1).reshape(k, q.shape[1])  # [K, N], nibbles 0..15
+    if w.zero_point is not None:
+        codes = codes ^ 8  # unsigned u -> the two's-complement nibble of u - 8
+    codes = jnp.where(codes >= 8, codes - 16, codes)
+    zp = None
+    if w.zero_point is not None:
+        zp = (w.zero_point.astype(jnp.float32) - 8.0).astype(jnp.bfloat16)
+    return Int4Weights(codes.T.astype(jnp.int4), w.scale.astype(jnp.bfloat16), zp, LAYOUT_NK)

@@ -35,6 +35,19 @@ W4_CASES = [
 ]
 
 
+# shapes the Mosaic GPU kernel takes (K a multiple of 128, N of 64, groups 64 / 128k): decode,
+# ragged M (rows past M come from TMA's zero fill), several M tiles, split-K, the bad cases
+W4_MOSAIC_CASES = [
+    W4Case("mosaic_m1_g128", 1, 512, 128, 128),
+    W4Case("mosaic_m5_g64_asym", 5, 256, 64, 64, asym=True),
+    W4Case("mosaic_m16_g256", 16, 1024, 192, 256),
+    W4Case("mosaic_m33_g128_asym", 33, 384, 128, 128, asym=True),
+    W4Case("mosaic_m130_g128", 130, 256, 128, 128),  # two M tiles, the second ragged
+    W4Case("mosaic_zero_groups_asym", 4, 512, 64, 128, asym=True, special="zero_groups"),
+    W4Case("mosaic_outliers_g64", 16, 512, 64, 64, special="outliers"),
+]
+
+
 def make_w4(case: W4Case, seed: int = 0):
     """(x float32 values exactly representable in bf16 [M, K], qvalue uint8 [ceil(K/2), N],
     scale float32 (bf16-representable) [G, N], zero_point uint8 [G, N] or None)."""
