@@ -7,6 +7,8 @@ jaxquant.formats), without importing jaxquant, so that the tests compare two imp
                an axis may be ragged (it holds only the real elements; this module pads with NaN
                and uses nan-aware reductions, so padding never takes part in any statistic).
   intN         symmetric, codes in [-qmax, qmax], qmax = 2^(N-1) - 1, scale = amax / qmax.
+  intN_full    symmetric on the full two's complement grid: scale = amax / (2^(N-1) - 0.5), codes
+               round(x / scale) clipped to [-2^(N-1), 2^(N-1) - 1] (int4: amax -> 7.5 -> 8 -> 7).
   uintN        asymmetric, codes in [0, 2^N - 1]; the range [min(lo, 0), max(hi, 0)] has width w,
                scale = w / (2^N - 1), zero_point = round(-lo * (2^N - 1) / w) clipped to [0, 2^N - 1].
   fp8_e4m3/e5m2  scale = amax / fp8_max; elements clipped to +-fp8_max and cast (round to nearest
@@ -86,13 +88,15 @@ NVFP4_BLOCK = 16
 DQ_BLOCK = 256
 
 INT_BITS = {f"int{b}": b for b in (8, 4, 3, 2)}
+FULL_INT_BITS = {f"int{b}_full": b for b in (8, 4, 3, 2)}
+SIGNED_INT_BITS = {**INT_BITS, **FULL_INT_BITS}
 UINT_BITS = {f"uint{b}": b for b in (8, 4, 3, 2)}
 ALL_FORMATS = sorted(
-    list(INT_BITS) + list(UINT_BITS) + ["fp8_e4m3", "fp8_e5m2", "fp4_e2m1", "nf4", "mxfp4",
-                                        "mxfp8", "nvfp4"]
+    list(SIGNED_INT_BITS) + list(UINT_BITS) + ["fp8_e4m3", "fp8_e5m2", "fp4_e2m1", "nf4", "mxfp4",
+                                               "mxfp8", "nvfp4"]
 )
-PACKED_FORMATS = {"int4", "int3", "int2", "uint4", "uint3", "uint2", "fp4_e2m1", "nf4", "mxfp4",
-                  "nvfp4"}
+PACKED_FORMATS = {"int4", "int3", "int2", "int4_full", "int3_full", "int2_full", "uint4",
+                  "uint3", "uint2", "fp4_e2m1", "nf4", "mxfp4", "nvfp4"}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -103,6 +107,14 @@ def int_qmax(fmt: str) -> int:
     return 2 ** (INT_BITS[fmt] - 1) - 1
 
 
+def int_bounds(fmt: str) -> tuple[int, int]:
+    """(smallest, largest) code of a signed integer format, restricted or full range."""
+    if fmt in FULL_INT_BITS:
+        b = FULL_INT_BITS[fmt]
+        return -(2 ** (b - 1)), 2 ** (b - 1) - 1
+    return -int_qmax(fmt), int_qmax(fmt)
+
+
 def uint_levels(fmt: str) -> int:
     return 2 ** UINT_BITS[fmt] - 1
 
@@ -111,6 +123,8 @@ def element_qmax(fmt: str) -> float:
     """What the block amax is mapped onto by a symmetric scale."""
     if fmt in INT_BITS:
         return float(int_qmax(fmt))
+    if fmt in FULL_INT_BITS:
+        return 2.0 ** (FULL_INT_BITS[fmt] - 1) - 0.5
     if fmt in FP8_DTYPES:
         return FP8_MAX[fmt]
     if fmt in ("fp4_e2m1", "nvfp4"):
@@ -162,9 +176,9 @@ def encode(y: np.ndarray, fmt: str) -> np.ndarray:
     Representation: signed integer value (intN), unsigned code (uintN), FP8 value (f64),
     E2M1 code sign << 3 | index (fp4_e2m1, mxfp4, nvfp4), NF4 level index (nf4).
     """
-    if fmt in INT_BITS:
-        q = int_qmax(fmt)
-        return np.clip(round_half_even(y), -q, q).astype(np.int64)
+    if fmt in SIGNED_INT_BITS:
+        lo, hi = int_bounds(fmt)
+        return np.clip(round_half_even(y), lo, hi).astype(np.int64)
     if fmt in UINT_BITS:
         return np.clip(round_half_even(y), 0, uint_levels(fmt)).astype(np.int64)
     if fmt in FP8_DTYPES:
@@ -179,7 +193,7 @@ def encode(y: np.ndarray, fmt: str) -> np.ndarray:
 
 
 def decode(code: np.ndarray, fmt: str) -> np.ndarray:
-    if fmt in INT_BITS or fmt in UINT_BITS:
+    if fmt in SIGNED_INT_BITS or fmt in UINT_BITS:
         return np.asarray(code, np.float64)
     if fmt in FP8_DTYPES:
         return np.asarray(code, np.float64)
@@ -194,8 +208,8 @@ def decode(code: np.ndarray, fmt: str) -> np.ndarray:
 
 def code_range(fmt: str) -> tuple[float, float]:
     """Legal range of the code representation returned by `encode`."""
-    if fmt in INT_BITS:
-        return -int_qmax(fmt), int_qmax(fmt)
+    if fmt in SIGNED_INT_BITS:
+        return int_bounds(fmt)
     if fmt in UINT_BITS:
         return 0, uint_levels(fmt)
     if fmt in FP8_DTYPES:
@@ -610,7 +624,7 @@ MAX_AMBIGUOUS_FRACTION = 0.05
 def as_reference_codes(fmt: str, codes) -> np.ndarray:
     """jaxquant's unpacked codes (QArray.codes()) -> the representation `encode` uses."""
     c = np.asarray(codes)
-    if fmt in INT_BITS:
+    if fmt in SIGNED_INT_BITS:
         return nibble_to_signed(c) if fmt in PACKED_FORMATS else c.astype(np.int64)
     if fmt in FP8_DTYPES or fmt == "mxfp8":
         return c.astype(np.float64)
@@ -687,7 +701,7 @@ def check_against_reference(ref: RefQuant, codes, block_scale, values_f32, zero_
         f"{tuple(int(i) for i in np.argwhere(bad_val)[0])}: jaxquant {vals[bad_val][0]!r} vs "
         f"reference {r_vals[bad_val][0]!r}"
     )
-    if ref.format in INT_BITS or ref.format in UINT_BITS:
+    if ref.format in SIGNED_INT_BITS or ref.format in UINT_BITS:
         assert (np.abs(codes.astype(np.int64) - r_codes) <= 1).all(), (
             f"{ref.format}: codes at near-ties differ by more than one step")
     return {"near_ties": int(amb.sum()), "differ_at_ties": int(((codes != r_codes) & amb).sum()),

@@ -33,6 +33,9 @@ SETTINGS = settings(max_examples=30, deadline=None, derandomize=True, print_blob
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
 FIXED_GROUP = {"mxfp4": 32, "mxfp8": 32, "nvfp4": 16}
 INT_FORMATS = sorted(list(R.INT_BITS) + list(R.UINT_BITS))
+# full-range INT is not idempotent under requantization (a block whose amax was positive comes
+# back with amax 7 steps, not 7.5), so it joins only the half-step bound
+HALF_STEP_FORMATS = sorted(INT_FORMATS + list(R.FULL_INT_BITS))
 
 
 def divisors(n: int) -> list[int]:
@@ -129,10 +132,11 @@ def test_round_trip_keeps_shape_dtype_and_codes_stay_legal(case):
     np.testing.assert_array_equal(np.asarray(out), np.asarray(out32).astype(x.dtype))
 
 
-@given(cases(INT_FORMATS))
+@given(cases(HALF_STEP_FORMATS))
 @SETTINGS
 def test_integer_error_at_most_half_a_step(case):
-    """Symmetric INT: |x - dequant| <= scale / 2 per element; asymmetric UINT (min-max range,
+    """Symmetric INT: |x - dequant| <= scale / 2 per element (full range too: +amax at 7.5 steps
+    is clipped to 7, half a step); asymmetric UINT (min-max range,
     which always contains the data) likewise. Slack: jaxquant rounds y = x / scale (+ zero
     point) in f32 before rounding to an integer, an error of up to half an f32 ulp of |y| <= 2^b,
     i.e. 2^b * 2^-24 steps (found by hypothesis: 7680 / 204.8 + 114 = 151.49999 rounds to the

@@ -97,7 +97,7 @@ class HistogramObserver:
 
         def err(clip: Array) -> Array:
             s = clip / codec.qmax
-            q = jnp.clip(jnp.round(centers / s), -codec.qmax, codec.qmax) * s
+            q = codec.decode(codec.encode(centers / s)) * s
             return jnp.sum(state.counts * jnp.abs(centers - q) ** clipping.norm)
 
         errors = jax.vmap(err)(candidates)

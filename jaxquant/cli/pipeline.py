@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -78,15 +79,16 @@ def step_fn(model: LoadedModel):
 
 def with_overrides(recipe: Recipe, method: str | None = None, bits: int | None = None) -> Recipe:
     """The recipe with every rule's method replaced (--method) and/or its integer weight format
-    set to `bits` bits, keeping signedness (--bits 3: int4 -> int3)."""
+    set to `bits` bits, keeping signedness and grid (--bits 3: int4 -> int3,
+    int4_full -> int3_full)."""
     rules = []
     for r in recipe.rules:
         w = r.weight
         if bits is not None:
-            if not w.format.startswith(("int", "uint")):
+            m = re.fullmatch(r"(u?int)\d+(_full)?", w.format)
+            if m is None:
                 raise JaxquantError(f"--bits applies to integer formats, not {w.format}")
-            w = dataclasses.replace(w, format=("uint" if w.format.startswith("u") else "int")
-                                    + str(bits))
+            w = dataclasses.replace(w, format=f"{m.group(1)}{bits}{m.group(2) or ''}")
         rules.append(dataclasses.replace(r, weight=w, method=method or r.method))
     suffix = (f"-{method}" if method else "") + (f"-int{bits}" if bits else "")
     return Recipe(tuple(rules), ignore=recipe.ignore, name=recipe.name + suffix,

@@ -42,7 +42,7 @@ def quantize_activation(
     y = x.astype(jnp.float32) / s
     codec = fmt.codec
     if isinstance(codec, IntCodec):
-        vals = jnp.clip(jnp.round(y), -codec.qmax, codec.qmax).astype(jnp.int8)
+        vals = codec.round_clip(y).astype(jnp.int8)
     else:
         vals = codec.encode(y)
     return vals, s

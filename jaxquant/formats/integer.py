@@ -1,11 +1,20 @@
-"""Integer element codecs: symmetric signed INTb and asymmetric unsigned UINTb.
+"""Integer element codecs: symmetric signed INTb (restricted or full range) and asymmetric
+unsigned UINTb.
 
-Range choice: symmetric formats quantize to [-(2^(b-1) - 1), 2^(b-1) - 1], i.e. [-127, 127] for
-INT8 and [-7, 7] for INT4. Giving up the most negative code keeps the grid symmetric, so the
-largest magnitude of a block maps exactly onto +-qmax and negation is exact; [-8, 7] with
-scale = amax / 8 would clip the positive maximum. Storage still accepts the full two's
-complement range, so checkpoints from tools that use -8 (GPTQ, compressed-tensors) decode.
-Asymmetric formats use [0, 2^b - 1] with an integer zero-point.
+Two symmetric grids (both store b-bit two's complement codes and decode the same way):
+  restricted ("int{b}")    codes in [-(2^(b-1) - 1), 2^(b-1) - 1], scale = amax / (2^(b-1) - 1):
+                           [-7, 7] for INT4, [-127, 127] for INT8. Giving up the most negative
+                           code keeps the grid symmetric, so a block's largest magnitude maps
+                           exactly onto +-qmax and negation is exact.
+  full ("int{b}_full")     codes in [-2^(b-1), 2^(b-1) - 1], scale = amax / (2^(b-1) - 0.5):
+                           [-8, 7] with amax -> 7.5 for INT4 (127.5 for INT8), the grid of
+                           Qwix, AutoGPTQ and compressed-tensors. Sixteen levels instead of
+                           fifteen: the step is amax / 7.5 instead of amax / 7, and a block's
+                           +amax (7.5 steps) rounds to 8 and is clipped to 7, an error of half a
+                           step, no more than rounding anywhere else; -amax is exactly -8.
+Storage of either accepts the full two's complement range, so checkpoints from tools that use
+-8 (GPTQ, compressed-tensors) decode under both. Asymmetric formats use [0, 2^b - 1] with an
+integer zero-point.
 """
 
 from __future__ import annotations
@@ -24,10 +33,12 @@ class IntCodec:
 
     encode: f32 y (already divided by the scale, zero-point added for asymmetric) -> codes
     decode: codes -> f32 integer values (zero-point not yet subtracted)
+    full_range: signed only; the [-2^(b-1), 2^(b-1) - 1] grid (see the module docstring).
     """
 
     bits: int
     signed: bool
+    full_range: bool = False
 
     @property
     def packed(self) -> bool:
@@ -35,8 +46,19 @@ class IntCodec:
 
     @property
     def qmax(self) -> float:
-        """Largest magnitude the symmetric quantizer emits; the scale maps the block's amax to it."""
-        return float(2 ** (self.bits - 1) - 1) if self.signed else float(2**self.bits - 1)
+        """What a block's amax maps onto (symmetric scale = amax / qmax): 2^(b-1) - 1, or
+        2^(b-1) - 0.5 on the full-range grid; 2^b - 1 for unsigned codes."""
+        if not self.signed:
+            return float(2**self.bits - 1)
+        return 2.0 ** (self.bits - 1) - (0.5 if self.full_range else 1.0)
+
+    @property
+    def code_bounds(self) -> tuple[float, float]:
+        """(smallest, largest) integer value that encode emits."""
+        if not self.signed:
+            return 0.0, float(self.levels)
+        hi = float(2 ** (self.bits - 1) - 1)
+        return (-hi - 1.0 if self.full_range else -hi), hi
 
     @property
     def levels(self) -> int:
@@ -48,11 +70,16 @@ class IntCodec:
             return jnp.dtype(jnp.uint8)
         return jnp.dtype(jnp.int8 if self.signed else jnp.uint8)
 
+    def round_clip(self, y: Array) -> Array:
+        """f32 y -> f32 integer values: round half to even, clipped to code_bounds."""
+        lo, hi = self.code_bounds
+        return jnp.clip(jnp.round(y), lo, hi)
+
     def encode(self, y: Array) -> Array:
+        q = self.round_clip(y)
         if self.signed:
-            q = jnp.clip(jnp.round(y), -self.qmax, self.qmax).astype(jnp.int32)
+            q = q.astype(jnp.int32)
             return to_signed_nibble(q) if self.packed else q.astype(jnp.int8)
-        q = jnp.clip(jnp.round(y), 0, self.levels)
         return q.astype(jnp.uint8)
 
     def decode(self, codes: Array) -> Array:

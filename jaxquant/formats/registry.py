@@ -1,8 +1,9 @@
 """The quantization formats by name: an element codec plus how its block scales are stored.
 
 Scale kinds:
-  "float"   a bf16/f32 scale per block; symmetric: scale = amax / qmax; asymmetric formats add a
-            uint8 zero-point per block (scale = (max - min) / (2^b - 1)).
+  "float"   a bf16/f32 scale per block; symmetric: scale = amax / qmax (qmax = 7 for int4, 7.5
+            for int4_full: see jaxquant.formats.integer); asymmetric formats add a uint8
+            zero-point per block (scale = (max - min) / (2^b - 1)).
   "e8m0"    OCP MX: a power-of-two scale per 32-element block stored as a biased E8M0 byte.
   "nvfp4"   an E4M3 scale per 16-element block times one f32 scale per tensor.
 """
@@ -50,6 +51,12 @@ def _register(fmt: QuantFormat) -> None:
 
 for _b in (8, 4, 3, 2):
     _register(QuantFormat(f"int{_b}", IntCodec(_b, signed=True), description=f"symmetric INT{_b}"))
+    _register(
+        QuantFormat(
+            f"int{_b}_full", IntCodec(_b, signed=True, full_range=True),
+            description=f"symmetric INT{_b}, full two's complement range (amax -> 2^{_b - 1} - 0.5)",
+        )
+    )
     _register(
         QuantFormat(
             f"uint{_b}", IntCodec(_b, signed=False), asymmetric=True,

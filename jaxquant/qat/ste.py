@@ -20,6 +20,7 @@ from jaxquant.core.activations import quantize_activation
 from jaxquant.core.qarray import QArray
 from jaxquant.core.quantize import quantize_array
 from jaxquant.core.spec import ActivationSpec, ArraySpec
+from jaxquant.formats.integer import IntCodec
 from jaxquant.formats.registry import QuantFormat, get_format
 
 # x / scale of a block's own absmax can land an ulp above qmax (the f32 scale amax / qmax is
@@ -34,9 +35,13 @@ def _inside(y: Array, lo: float, hi: float) -> Array:
 
 def code_range(fmt: QuantFormat) -> tuple[float, float]:
     """(lo, hi) of the values x / scale (+ zero-point) that a format represents without
-    clipping: [0, 2^b - 1] for asymmetric integers, [-qmax, qmax] otherwise (NF4: [-1, 1])."""
+    clipping: [0, 2^b - 1] for asymmetric integers, [-qmax, qmax] otherwise (NF4: [-1, 1]).
+    Full-range integers: [-2^(b-1), 2^(b-1) - 0.5] ([-8, 7.5] for int4_full), the codes plus
+    the point +amax maps onto, so every element of a min-max block keeps its gradient."""
     if fmt.asymmetric:
         return 0.0, float(fmt.codec.levels)
+    if isinstance(fmt.codec, IntCodec):
+        return fmt.codec.code_bounds[0], float(fmt.codec.qmax)
     return -float(fmt.codec.qmax), float(fmt.codec.qmax)
 
 
@@ -75,8 +80,7 @@ def _activation_round_trip(x: Array, spec: ActivationSpec, contracting: tuple[in
                            ) -> tuple[Array, Array]:
     vals, s = quantize_activation(x, spec, contracting)
     y = (vals.astype(jnp.float32) * s).astype(x.dtype)
-    qmax = float(get_format(spec.format).codec.qmax)
-    return y, _inside(x.astype(jnp.float32) / s, -qmax, qmax)
+    return y, _inside(x.astype(jnp.float32) / s, *code_range(get_format(spec.format)))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2))

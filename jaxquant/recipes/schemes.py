@@ -11,7 +11,7 @@ from jaxquant.formats.registry import get_format
 
 WeightGranularity = Literal["tensor", "channel", "group", "block"]
 SCALE_DTYPES = ("float32", "bfloat16")
-ACTIVATION_FORMATS = ("int8", "fp8_e4m3", "fp8_e5m2", "int4")
+ACTIVATION_FORMATS = ("int8", "int8_full", "fp8_e4m3", "fp8_e5m2", "int4", "int4_full")
 
 
 def _divisor_hint(n: int) -> str:

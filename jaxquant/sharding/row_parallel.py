@@ -47,7 +47,7 @@ def _low_precision_row_dot(x: Array, w: QArray, axis_name: str, out_dtype: Any) 
     y = x.astype(jnp.float32) / s
     codec = get_format(spec.format).codec
     if isinstance(codec, IntCodec):
-        xq = jnp.clip(jnp.round(y), -codec.qmax, codec.qmax).astype(jnp.int8)
+        xq = codec.round_clip(y).astype(jnp.int8)
     else:
         xq = codec.encode(y)
     acc_dtype = jnp.int32 if xq.dtype == jnp.int8 else jnp.float32

@@ -26,8 +26,8 @@ def output_error(x: np.ndarray, w: np.ndarray, w_hat) -> float:
     return float(np.linalg.norm(x.astype(np.float64) @ (w - np.asarray(w_hat, np.float64))))
 
 
-@pytest.mark.parametrize("fmt, group", [("int4", 128), ("uint4", 64), ("int3", 128),
-                                        ("int8", None), ("mxfp4", None)])
+@pytest.mark.parametrize("fmt, group", [("int4", 128), ("int4_full", 128), ("uint4", 64),
+                                        ("int3", 128), ("int8", None), ("mxfp4", None)])
 @pytest.mark.parametrize("act_order", [False, True])
 def test_gptq_beats_rtn_on_the_same_grid(fmt, group, act_order):
     x = correlated_inputs()
@@ -48,8 +48,9 @@ def test_gptq_beats_rtn_on_the_same_grid(fmt, group, act_order):
         values = values - zp
     np.testing.assert_allclose(deq, values * scale, rtol=1e-6, atol=1e-12)
     if fmt.startswith("int"):
-        qmax = jq.get_format(fmt).codec.qmax
-        assert np.all(np.abs(np.asarray(jq.get_format(fmt).codec.decode(codes))) <= qmax)
+        lo, hi = jq.get_format(fmt).codec.code_bounds
+        v = np.asarray(jq.get_format(fmt).codec.decode(codes))
+        assert v.min() >= lo and v.max() <= hi
 
 
 def test_act_order_keeps_contiguous_groups_in_stored_layout():
@@ -96,11 +97,13 @@ def test_quantize_without_calibration_data_explains():
         jq.quantize(params, "w4a16-gptq")
 
 
-def gptq_reference(w: np.ndarray, h: np.ndarray, group: int, qmax: float, damp: float
-                   ) -> np.ndarray:
+def gptq_reference(w: np.ndarray, h: np.ndarray, group: int, qmax: float, damp: float,
+                   bounds: tuple[float, float] | None = None) -> np.ndarray:
     """The GPTQ sweep in float64, one row at a time without lazy blocks: symmetric integer
-    codes, the scale of each group from its current (error-compensated) rows when the sweep
-    reaches its first row. Returns the dequantized weights."""
+    codes (scale amax / qmax, codes clipped to `bounds`, default [-qmax, qmax]), the scale of
+    each group from its current (error-compensated) rows when the sweep reaches its first row.
+    Returns the dequantized weights."""
+    lo, hi = bounds or (-qmax, qmax)
     k = w.shape[0]
     w = w.astype(np.float64).copy()
     h = h.astype(np.float64) + damp * np.mean(np.diag(h)) * np.eye(k)
@@ -110,14 +113,15 @@ def gptq_reference(w: np.ndarray, h: np.ndarray, group: int, qmax: float, damp: 
         if i % group == 0:
             amax = np.abs(w[i: i + group]).max(axis=0)
             s = np.where(amax > 0, amax / qmax, 1.0)
-        out[i] = np.clip(np.round(w[i] / s), -qmax, qmax) * s
+        out[i] = np.clip(np.round(w[i] / s), lo, hi) * s
         err = (w[i] - out[i]) / u[i, i]
         w[i + 1:] -= np.outer(u[i, i + 1:], err)
     return out
 
 
 @pytest.mark.parametrize("k, group, fmt, block_size", [(256, 64, "int4", 128), (200, 64, "int3", 128),
-                                                       (192, 96, "int4", 128), (256, 128, "int4", 32)])
+                                                       (192, 96, "int4", 128), (256, 128, "int4", 32),
+                                                       (200, 64, "int4_full", 128)])
 def test_gptq_matches_float64_reference_sweep(k, group, fmt, block_size):
     """Lazy blocks, padding of a ragged K and group/block alignment leave the sweep's result
     equal to the plain row-by-row algorithm in float64 (up to rare rounding-tie flips)."""
@@ -127,7 +131,8 @@ def test_gptq_matches_float64_reference_sweep(k, group, fmt, block_size):
     h = (x.T @ x).astype(np.float32)
     spec = WeightScheme(fmt, group_size=group, ragged_groups=True).resolve((k, 48), 0, "w")
     q = gptq_quantize(jnp.asarray(w), jnp.asarray(h), spec, damp=0.01, block_size=block_size)
-    ref = gptq_reference(w, h, group, jq.get_format(fmt).codec.qmax, 0.01)
+    codec = jq.get_format(fmt).codec
+    ref = gptq_reference(w, h, group, codec.qmax, 0.01, codec.code_bounds)
     ours = np.asarray(q.dequantize(), np.float64)
     assert np.mean(np.isclose(ours, ref, rtol=1e-4, atol=1e-7)) > 0.98
     err_ours, err_ref = output_error(x, w, ours), output_error(x, w, ref)
