@@ -48,8 +48,12 @@ def _escape(key: str) -> str:
 
 def save(path: str | os.PathLike, tree: Any, recipe: Recipe | None = None, *,
          overwrite: bool = False, extra: dict | None = None) -> Path:
-    """Save `tree` (quantized or float) and its recipe to directory `path` atomically."""
+    """Save `tree` (quantized or float) and its recipe to directory `path` atomically. Weights
+    in the GPU layout (jaxquant.inference.to_gpu_layout) are saved in the canonical one."""
     from jaxquant import __version__
+    from jaxquant.inference.gpu_layout import to_canonical
+
+    tree = to_canonical(tree)
 
     path = Path(path).absolute()
     if path.exists() and not overwrite:

@@ -4,7 +4,9 @@
     with jaxquant.intercept():                       # Linen and NNX
         logits = jax.jit(model.apply)(qparams, tokens)
 
-Every intercepted layer calls jaxquant.inference.qdot.quantized_dot_general.
+Every intercepted layer calls jaxquant.inference.qdot.quantized_dot_general. On Hopper GPUs,
+`qparams = to_gpu_layout(qparams)` (once, after quantizing or restoring) puts 4-bit weights in
+the layout the Mosaic GPU W4A16 kernel reads; `to_canonical` undoes it before saving.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from flax import linen as nn
 
 from jaxquant.inference import dispatch, linen, nnx
 from jaxquant.inference.dispatch import DispatchReport
+from jaxquant.inference.gpu_layout import to_canonical, to_gpu_layout
 from jaxquant.inference.qdot import quantized_dot_general
 
 
@@ -34,4 +37,5 @@ def intercept(
             yield rep
 
 
-__all__ = ["DispatchReport", "dispatch", "intercept", "quantized_dot_general"]
+__all__ = ["DispatchReport", "dispatch", "intercept", "quantized_dot_general", "to_canonical",
+           "to_gpu_layout"]

@@ -317,9 +317,13 @@ def export_layer(q: QArray, name: str) -> tuple[dict[str, np.ndarray], dict]:
 def export_dir(path: str | os.PathLike, tree: Any, *, recipe: Any = None,
                base_model: str | None = None, overwrite: bool = False) -> Path:
     """Write `tree` as a compressed-tensors directory (model.safetensors + config.json),
-    atomically (temporary sibling renamed into place)."""
+    atomically (temporary sibling renamed into place). Weights in the GPU layout are written
+    in the canonical one."""
     from jaxquant import __version__
+    from jaxquant.inference.gpu_layout import to_canonical
     from jaxquant.recipes.io import recipe_to_dict
+
+    tree = to_canonical(tree)
 
     path = Path(path).absolute()
     if path.exists() and not overwrite:

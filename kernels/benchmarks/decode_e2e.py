@@ -181,6 +181,22 @@ def main(argv: list[str] | None = None) -> list[dict]:
           f", ffn={cfg.ffn_dim}; W4A16 logits vs XLA dequant (2 blocks): rel err {err:.2e} "
           f"(canonical layout, Triton), {err_nk:.2e} (nk layout, Mosaic GPU)", flush=True)
     rows: list[dict] = []
+    meta = dict(kernel="_meta", device=dev.device_kind, jax=jax.__version__,
+                date=datetime.date.today().isoformat(),
+                config=dataclasses.asdict(cfg) | {"dtype": "bfloat16"}, steps=args.steps,
+                logits_rel_err=err, logits_rel_err_nk=err_nk,
+                xla_flags=os.environ.get("XLA_FLAGS", ""),
+                method="jitted one-token decode step (cache donated), warm-up, 3 runs of `steps` "
+                       "dependent steps, median seconds per step; x bf16 against the unfused "
+                       "bf16 model at the same batch")
+    root = os.environ.get("OUT") or os.path.join(os.path.dirname(__file__), "results")
+    kind = str(dev.device_kind).replace(" ", "_")
+    tag = os.environ.get("DECODE_TAG", "")
+    path = os.path.join(root, f"{meta['date']}-{kind}-decode{tag}.json")
+
+    def save() -> None:  # after every row, so that a run stopped early keeps what it measured
+        H.write_json(path, [meta] + rows)
+
     base: dict[int, float] = {}
     print("variant | batch | ms/step | tok/s | x bf16 | weight GB | paths | kernel ms/step",
           flush=True)
@@ -205,19 +221,9 @@ def main(argv: list[str] | None = None) -> list[dict]:
                   f"{row['weight_bytes'] / 1e9:.2f} | {paths} | {kms:.2f}", flush=True)
             if prof:
                 print(f"    top kernels (us/step): {prof['top_kernels_us']}", flush=True)
+            save()
         del params
-    meta = dict(kernel="_meta", device=dev.device_kind, jax=jax.__version__,
-                date=datetime.date.today().isoformat(),
-                config=dataclasses.asdict(cfg) | {"dtype": "bfloat16"}, steps=args.steps,
-                logits_rel_err=err, logits_rel_err_nk=err_nk,
-                xla_flags=os.environ.get("XLA_FLAGS", ""),
-                method="jitted one-token decode step (cache donated), warm-up, 3 runs of `steps` "
-                       "dependent steps, median seconds per step; x bf16 against the unfused "
-                       "bf16 model at the same batch")
-    root = os.environ.get("OUT") or os.path.join(os.path.dirname(__file__), "results")
-    kind = str(dev.device_kind).replace(" ", "_")
-    tag = os.environ.get("DECODE_TAG", "")
-    H.write_json(os.path.join(root, f"{meta['date']}-{kind}-decode{tag}.json"), [meta] + rows)
+    save()
     return rows
 
 

@@ -64,7 +64,12 @@ def bench_shape(ss: ShapeSet, M: int, bw: float, *, profile: bool = True,
     x = jax.random.normal(jax.random.key(M), (M, K), jnp.bfloat16)
     rows = np.unique(np.linspace(0, M - 1, min(M, 16)).astype(int))
     ref = np.asarray(x.astype(jnp.float32), np.float64)[rows] @ ss.W64
-    kern = lambda x, w: w4a16_matmul(x, w, group_size=g, tune=tune)
+    if tune and ss.ws[0].layout == LAYOUT_NK:  # autotune (eagerly, outside jit), cached
+        from jaxquant.kernels.w4a16.api import _on_hopper, _pick_mosaic_config, mosaic_supported
+
+        if _on_hopper() and mosaic_supported(M, K, N, g) is None:
+            _pick_mosaic_config(M, K, N, g, ss.ws[0], True)
+    kern = lambda x, w: w4a16_matmul(x, w, group_size=g)
     bf = lambda x, w: jnp.dot(x, w)  # XLA's bf16 dot (cuBLAS, float32 accumulation)
     fmt = lambda x, w: w4a16_matmul_reference(x, w, group_size=g)
     R = ss.R if M < 1024 else min(ss.R, 16)  # compute-bound: dispatch is negligible

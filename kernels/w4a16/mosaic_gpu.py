@@ -156,8 +156,11 @@ def w4a16_matmul_mosaic(x: jax.Array, qvalue: jax.Array, scale: jax.Array, zero:
     cfg = config
     bn, bm = cfg.block_n, cfg.block_m
     Mp = cdiv(M, bm) * bm
-    # rows past M: TMA zero-fills the out-of-bounds part of the last activation tile
-    xp = jnp.pad(x, ((0, Mp - M), (0, 0))) if pad_x and Mp != M else x
+    # Rows past M: TMA zero-fills the out-of-bounds part of the last activation tile, but only
+    # when M is below its 8-row tiling or a multiple of it (else Mosaic refuses the copy:
+    # H200 run, M = 33 and 130), so such M are padded
+    pad = Mp != M and (pad_x or (M > 8 and M % 8 != 0))
+    xp = jnp.pad(x, ((0, Mp - M), (0, 0))) if pad else x
     bk = cfg.block_k if K % cfg.block_k == 0 else BK
     split = fit_split(K, cfg.split_k, bk)
     ksteps = K // bk // split

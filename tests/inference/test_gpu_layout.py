@@ -63,3 +63,17 @@ def test_ineligible_leaves_stay(model_params):
     w = jq.quantize({"k": jnp.ones((192, 64))}, jq.Recipe((jq.Rule(("re:k",), jq.WeightScheme(
         "int4", "group", 64)),)))["k"]
     assert "multiple of 128" in nk_reason(w)
+
+
+def test_saving_a_gpu_layout_tree_writes_the_canonical_one(model_params, tmp_path):
+    from jaxquant.checkpoint import orbax_io
+
+    _, params = model_params
+    q = jq.quantize(params, "w4a16-asym")
+    orbax_io.save(tmp_path / "ckpt", to_gpu_layout(q))
+    back = orbax_io.restore(tmp_path / "ckpt")
+    for a, b in zip(jax.tree_util.tree_leaves(q, is_leaf=jq.is_qarray),
+                    jax.tree_util.tree_leaves(back, is_leaf=jq.is_qarray)):
+        if jq.is_qarray(a):
+            assert b.meta.layout == "canonical"
+            np.testing.assert_array_equal(np.asarray(a.qvalue), np.asarray(b.qvalue))
