@@ -13,6 +13,7 @@ EXAMPLES = pathlib.Path(__file__).resolve().parent.parent / "examples"
 # script -> arguments that keep it small for CI
 SMALL_ARGS: dict[str, list[str]] = {
     "quantize_linen_mlp.py": ["--width", "256"],
+    "gpu_layout_w4a16.py": ["--d-model", "128", "--layers", "1", "--steps", "2"],
     "quantize_nnx_model.py": ["--width", "128"],
     "recipe_from_file.py": ["--width", "128"],
     "static_activation_scales.py": [],
