@@ -45,6 +45,22 @@ def _on_hopper() -> bool:
     return info is not None and info[2] >= 90
 
 
+def _tuning_inputs(M: int, K: int, N: int, group_size: int, asym: bool, scale_dtype: Any
+                   ) -> tuple[jax.Array, Int4Weights, np.ndarray]:
+    """Synthetic x [M, K] bf16, canonical weights of a (K, N) layer and the XLA result, for the
+    autotuner's correctness check."""
+    k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
+    xs = jax.random.normal(k1, (M, K), jnp.bfloat16)
+    G = -(-K // group_size)
+    ws = Int4Weights(
+        jax.random.bits(k2, (-(-K // 2), N), jnp.uint8),
+        jax.random.uniform(k3, (G, N), jnp.float32, 0.002, 0.02).astype(scale_dtype),
+        jnp.full((G, N), 8, jnp.uint8) if asym else None,
+    )
+    ref = np.asarray(w4a16_matmul_reference(xs, ws, group_size=group_size).astype(jnp.float32))
+    return xs, ws, ref
+
+
 def _pick_config(M, K, N, group_size, w: Int4Weights, x, tune: bool | None, interpret: bool):
     key = autotune.make_key(OP, C.shape_key(M, K, N, group_size, w.asymmetric))
     sms = num_sms()
@@ -60,15 +76,7 @@ def _pick_config(M, K, N, group_size, w: Int4Weights, x, tune: bool | None, inte
     if tune or (tune is None and autotune.tuning_enabled()):
         from jaxquant.kernels.w4a16.pallas_triton import w4a16_matmul_triton
 
-        k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
-        xs = jax.random.normal(k1, (M, K), jnp.bfloat16)
-        G = w.scale.shape[0]
-        ws = Int4Weights(
-            jax.random.bits(k2, w.qvalue.shape, jnp.uint8),
-            jax.random.uniform(k3, (G, N), jnp.float32, 0.002, 0.02).astype(w.scale.dtype),
-            None if w.zero_point is None else jnp.full((G, N), 8, jnp.uint8),
-        )
-        ref = np.asarray(w4a16_matmul_reference(xs, ws, group_size=group_size).astype(jnp.float32))
+        xs, ws, ref = _tuning_inputs(M, K, N, group_size, w.asymmetric, w.scale.dtype)
 
         def build(cfg):
             f = jax.jit(lambda a, b: w4a16_matmul_triton(a, b, group_size=group_size, config=cfg))
@@ -97,15 +105,7 @@ def _pick_mosaic_config(M, K, N, group_size, w: Int4Weights, tune: bool | None):
     if tune or (tune is None and autotune.tuning_enabled()):
         from jaxquant.kernels.w4a16.layouts import to_nk
 
-        k1, k2, k3 = jax.random.split(jax.random.key(0), 3)
-        xs = jax.random.normal(k1, (M, K), jnp.bfloat16)
-        G = w.scale.shape[0]
-        wc = Int4Weights(
-            jax.random.bits(k2, (K // 2, N), jnp.uint8),
-            jax.random.uniform(k3, (G, N), jnp.float32, 0.002, 0.02).astype(jnp.bfloat16),
-            None if w.zero_point is None else jnp.full((G, N), 8, jnp.uint8),
-        )
-        ref = np.asarray(w4a16_matmul_reference(xs, wc, group_size=group_size).astype(jnp.float32))
+        xs, wc, ref = _tuning_inputs(M, K, N, group_size, w.asymmetric, jnp.bfloat16)
         ws = to_nk(wc, K)
 
         def build(cfg):
