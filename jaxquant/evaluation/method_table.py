@@ -5,9 +5,10 @@ parameter bytes and time to quantize, on the same evaluation windows.
     python -m jaxquant.evaluation.method_table [--max-tokens 8192] [--calib-tokens 8192]
         [--only "int4 g128"] [--methods RTN,GPTQ] [--no-qwix] [--out results.json]
 
-Settings: int4 g128 (the w4a16 scheme), int3 g128, int4 per-channel, each with RTN (min-max
-range), RTN with an MSE-searched clip per group, GPTQ and AWQ; W8A8 int8 and FP8 (dynamic per
-token activations) plain and with SmoothQuant. Calibration uses the bundled Persuasion slice,
+Settings: int4 and int4_full g128 (the w4a16 scheme on either grid), W8A8 int8 / int8_full / FP8
+(dynamic per-token activations: RTN, SmoothQuant at alpha 0.5 and with the alpha search), int3 and
+int3_full g128, int4_full per-channel; weight-only settings with RTN (min-max range), RTN with an
+MSE-searched clip per group (int4 g128), GPTQ (act-order, MSE clip) and AWQ. Calibration uses the bundled Persuasion slice,
 evaluation the Emma slice. Writes JSON (date, device, settings, rows) after every row and prints
 a markdown table; `share` is a method's perplexity increase as a fraction of RTN's at the same
 setting.
@@ -52,38 +53,53 @@ def _rule(weight: WeightScheme, method: str, activation=None, **args) -> jq.Reci
     return jq.Recipe((rule,), name=f"{weight.format}-{method}")
 
 
-def weight_only_rows(setting: str, weight: WeightScheme, qwix: dict) -> list[Row]:
-    mse = dataclasses.replace(weight, clipping=Clipping("mse"))
+def weight_only_rows(setting: str, weight: WeightScheme, qwix: dict, mse: bool = True
+                     ) -> list[Row]:
+    clipped = dataclasses.replace(weight, clipping=Clipping("mse"))
     return [
         Row(setting, "RTN", _rule(weight, "rtn"), qwix.get("rtn")),
-        Row(setting, "RTN, MSE clip", _rule(mse, "rtn")),
-        Row(setting, "GPTQ", _rule(mse, "gptq", **GPTQ_ARGS), qwix.get("gptq")),
+        *([Row(setting, "RTN, MSE clip", _rule(clipped, "rtn"))] if mse else []),
+        Row(setting, "GPTQ", _rule(clipped, "gptq", **GPTQ_ARGS), qwix.get("gptq")),
         Row(setting, "AWQ", _rule(weight, "awq"), qwix.get("awq")),
     ]
 
 
-def w8a8_rows(setting: str, preset: str, qwix: dict) -> list[Row]:
+def w8a8_rows(setting: str, preset: str, qwix: dict, fmt: str | None = None) -> list[Row]:
     rule = get_preset(preset).rules[0]
-    return [Row(setting, "RTN", _rule(rule.weight, "rtn", rule.activation), qwix.get("rtn")),
-            Row(setting, "SmoothQuant", _rule(rule.weight, "smoothquant", rule.activation),
-                qwix.get("smoothquant"))]
+    weight, act = rule.weight, rule.activation
+    if fmt is not None:  # the same scheme on another grid (int8 -> int8_full)
+        weight = dataclasses.replace(weight, format=fmt)
+        act = dataclasses.replace(act, format=fmt)
+    return [Row(setting, "RTN", _rule(weight, "rtn", act), qwix.get("rtn")),
+            Row(setting, "SmoothQuant", _rule(weight, "smoothquant", act),
+                qwix.get("smoothquant")),
+            Row(setting, "SmoothQuant, auto alpha", _rule(weight, "smoothquant", act,
+                                                          alpha="auto"))]
 
 
 def all_rows() -> list[Row]:
+    """Every row; Qwix's integer grid is the full one (amax -> 2^(b-1) - 0.5, codes down to
+    -2^(b-1)), so its columns sit on the int*_full rows."""
     g128 = get_preset("w4a16").rules[0].weight  # int4, group 128, symmetric, bf16 scales
+    g128 = dataclasses.replace(g128, format="int4")
+    full = dataclasses.replace(g128, format="int4_full")
     return [
-        *weight_only_rows("int4 g128", g128, {
+        *weight_only_rows("int4 g128", g128, {}),
+        *weight_only_rows("int4_full g128", full, {
             "rtn": QwixSetting("int4", tile_size=128),
             "gptq": QwixSetting("int4", "gptq", tile_size=128),
-            "awq": QwixSetting("int4", "awq", tile_size=128)}),
-        *weight_only_rows("int3 g128", dataclasses.replace(g128, format="int3"), {}),
-        *weight_only_rows("int4 per-channel", WeightScheme("int4", "channel"), {
-            "rtn": QwixSetting("int4"), "gptq": QwixSetting("int4", "gptq"),
-            "awq": QwixSetting("int4", "awq")}),
-        *w8a8_rows("W8A8 int8", "w8a8-int8", {
+            "awq": QwixSetting("int4", "awq", tile_size=128)}, mse=False),
+        *w8a8_rows("W8A8 int8", "w8a8-int8", {}),
+        *w8a8_rows("W8A8 int8_full", "w8a8-int8", {
             "rtn": QwixSetting("int8", act_qtype="int8"),
-            "smoothquant": QwixSetting("int8", "smoothquant", act_qtype="int8")}),
+            "smoothquant": QwixSetting("int8", "smoothquant", act_qtype="int8")}, "int8_full"),
         *w8a8_rows("W8A8 FP8", "fp8", {}),
+        *weight_only_rows("int3 g128", dataclasses.replace(g128, format="int3"), {}, mse=False),
+        *weight_only_rows("int4_full per-channel", WeightScheme("int4_full", "channel"), {
+            "rtn": QwixSetting("int4"), "gptq": QwixSetting("int4", "gptq"),
+            "awq": QwixSetting("int4", "awq")}, mse=False),
+        *weight_only_rows("int3_full g128", dataclasses.replace(g128, format="int3_full"), {},
+                          mse=False),
     ]
 
 

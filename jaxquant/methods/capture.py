@@ -23,15 +23,22 @@ import jaxquant as jq
 def captured_apply(module: nn.Module, quantized: bool = True) -> Callable[..., tuple[Any, dict]]:
     """fn(variables, *args) -> (module.apply(variables, *args), {dense path: x [T, K]}).
 
+    Layers that read the same array (q/k/v after one norm) get the same captured object, so a
+    traced caller can tell them apart from equal-valued inputs with `is` (input_groups).
     quantized=True runs QArray weights through jaxquant.intercept()."""
 
     def fn(variables: Any, *args: Any) -> tuple[Any, dict]:
         seen: dict[str, Array] = {}
+        flat: list[tuple[Any, Array]] = []  # (input as the layer got it, its [T, K] view)
 
         def record(next_fun, call_args, call_kwargs, context):
             if isinstance(context.module, nn.Dense) and context.method_name == "__call__":
                 x = call_args[0]
-                seen["/".join(context.module.path)] = x.reshape(-1, x.shape[-1])
+                view = next((v for raw, v in flat if raw is x), None)
+                if view is None:
+                    view = x.reshape(-1, x.shape[-1])
+                    flat.append((x, view))
+                seen["/".join(context.module.path)] = view
             return next_fun(*call_args, **call_kwargs)
 
         if quantized:
@@ -74,8 +81,20 @@ class LayerStats:
         return self.sample[: int(self.filled)]
 
 
-@jax.jit
-def update_stats(stats: LayerStats, x: Array) -> LayerStats:
+def input_groups(seen: dict[str, Any]) -> tuple[tuple[str, ...], ...]:
+    """Paths of captured_apply's output grouped by shared input object, in capture order."""
+    groups: list[list[str]] = []
+    for rel, x in seen.items():
+        for g in groups:
+            if seen[g[0]] is x:
+                g.append(rel)
+                break
+        else:
+            groups.append([rel])
+    return tuple(tuple(g) for g in groups)
+
+
+def add_batch(stats: LayerStats, x: Array) -> LayerStats:
     """Add a batch of inputs x [T, K] to the statistics."""
     x = x.astype(jnp.float32)
     a = jnp.abs(x)
@@ -88,3 +107,10 @@ def update_stats(stats: LayerStats, x: Array) -> LayerStats:
     sample = jnp.where(fresh[:, None], x[src], stats.sample)
     return LayerStats(h, jnp.maximum(stats.absmax, a.max(0)), stats.abssum + a.sum(0),
                       stats.count + x.shape[0], sample, stats.filled + take)
+
+
+@jax.jit
+def update_stats(stats: LayerStats, x: Array) -> LayerStats:
+    """Add a batch of inputs x [T, K] to the statistics (jitted; the same math runs inside
+    larger jitted functions through add_batch)."""
+    return add_batch(stats, x)

@@ -20,6 +20,7 @@ range of each group follows the scheme's clipping (min-max, percentile, or MSE s
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -53,21 +54,51 @@ def check_gptq_spec(spec: ArraySpec, shape: tuple[int, ...]) -> None:
                           "would change as the sweep updates the weights")
 
 
+def _upper_inverse_factor(h: Array, d: Array) -> Array:
+    """Upper U with U^T U = (H + d mean(diag H) I)^-1, from one Cholesky factorization: with P
+    the order reversal and P Hd P = L L^T, Hd^-1 = (P L^-T P)(P L^-1 P) and U = P L^-1 P (upper,
+    positive diagonal: the unique factor). Non-finite where Hd is not positive definite."""
+    k = h.shape[0]
+    eye = jnp.eye(k, dtype=h.dtype)
+    hd = h + d * jnp.mean(jnp.diag(h)) * eye
+    lower = jnp.linalg.cholesky(hd[::-1, ::-1])
+    return jax.scipy.linalg.solve_triangular(lower, eye, lower=True)[::-1, ::-1]
+
+
+def _damped_factor(h: Array, damps: tuple[float, ...]) -> tuple[Array, Array]:
+    """(U, index of the dampening used) for the first of `damps` at which H + d mean(diag H) I
+    is positive definite; the index is len(damps) if none is (traced: no host round trip)."""
+    levels = jnp.asarray(damps, jnp.float32)
+
+    def body(carry):
+        i, _ = carry
+        return i + 1, _upper_inverse_factor(h, levels[i])
+
+    def cond(carry):
+        i, u = carry
+        return (i == 0) | ((i < len(damps)) & ~jnp.all(jnp.isfinite(u)))
+
+    i, u = jax.lax.while_loop(cond, body, (jnp.int32(0), jnp.full_like(h, jnp.nan)))
+    return u, jnp.where(jnp.all(jnp.isfinite(u)), i - 1, len(damps))
+
+
+def damping_levels(damp: float) -> tuple[float, ...]:
+    """The dampening fractions tried in order: damp, x10, x100, then 1.0."""
+    return (damp, damp * 10, damp * 100, 1.0)
+
+
+_NOT_PD = ("GPTQ: the Hessian is not positive definite even with dampening 1.0; the calibration "
+           "activations are degenerate (all zero or NaN?)")
+
+
 def inverse_hessian_factor(h: Array, damp: float) -> tuple[Array, float]:
     """Upper Cholesky factor of (H + damp * mean(diag H) * I)^-1. Dampening grows x10 (up to 1.0)
     until H is positive definite; returns (U, damp used)."""
-    k = h.shape[0]
-    mean_diag = jnp.mean(jnp.diag(h))
-    for d in (damp, damp * 10, damp * 100, 1.0):
-        hd = h + d * mean_diag * jnp.eye(k, dtype=h.dtype)
-        lower = jnp.linalg.cholesky(hd)
-        if bool(jnp.all(jnp.isfinite(lower))):
-            hinv = jax.scipy.linalg.cho_solve((lower, True), jnp.eye(k, dtype=h.dtype))
-            upper = jnp.linalg.cholesky(hinv).T
-            if bool(jnp.all(jnp.isfinite(upper))):
-                return upper, d
-    raise JaxquantError("GPTQ: the Hessian is not positive definite even with dampening 1.0; "
-                        "the calibration activations are degenerate (all zero or NaN?)")
+    damps = damping_levels(damp)
+    u, i = jax.jit(_damped_factor, static_argnums=1)(jnp.asarray(h, jnp.float32), damps)
+    if int(i) == len(damps):
+        raise JaxquantError(_NOT_PD)
+    return u, damps[int(i)]
 
 
 def sweep_block_size(block_size: int, group: int) -> int:
@@ -87,7 +118,6 @@ def _range_scales(fmt, spec: ArraySpec, xb: Array) -> tuple[Array, Array]:
     return sc.effective, zp.astype(jnp.float32)
 
 
-@functools.partial(jax.jit, static_argnames=("spec", "bs", "dynamic"))
 def _sweep(w: Array, u: Array, row_group: Array, eff: Array, zps: Array, spec: ArraySpec,
            bs: int, dynamic: bool) -> tuple[Array, Array, Array]:
     """Quantize the rows of w f32 [Kp, N] in order (already permuted and zero-padded to a
@@ -147,14 +177,50 @@ def _sweep(w: Array, u: Array, row_group: Array, eff: Array, zps: Array, spec: A
     return codes, eff, zps
 
 
+class GPTQFactor(NamedTuple):
+    """What GPTQ needs from a Hessian, shared by every layer that reads the same input.
+
+    perm: int32 [K] row visiting order (descending H_ii with act_order, else 0..K-1).
+    u:    f32 [K, K] upper factor of the dampened inverse Hessian, in the permuted order.
+    dead: bool [K] inputs that were never nonzero (H_ii = 0): their weight rows become 0.
+    """
+
+    perm: Array
+    u: Array
+    dead: Array
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _factor(h: Array, act_order: bool, damps: tuple[float, ...]) -> tuple[GPTQFactor, Array]:
+    k = h.shape[0]
+    dead = jnp.diag(h) == 0
+    h = h + jnp.diag(dead.astype(jnp.float32))
+    perm = jnp.argsort(-jnp.diag(h)) if act_order else jnp.arange(k)
+    u, damp_index = _damped_factor(h[perm][:, perm], damps)
+    return GPTQFactor(perm.astype(jnp.int32), u, dead), damp_index
+
+
+def gptq_factor(hessian: Array, *, damp: float = 0.01, act_order: bool = False) -> GPTQFactor:
+    """The GPTQFactor of H [K, K] (f32): dampening `damp` (a fraction of mean(diag H), grown
+    x10 up to 1.0 until H is positive definite), rows by descending H_ii with act_order."""
+    h = jnp.asarray(hessian, jnp.float32)
+    if h.ndim != 2 or h.shape[0] != h.shape[1]:
+        raise JaxquantError(f"GPTQ: the Hessian must be square [K, K], got shape {h.shape}")
+    factor, damp_index = _factor(h, bool(act_order), damping_levels(damp))
+    if int(damp_index) == len(damping_levels(damp)):
+        raise JaxquantError(_NOT_PD)
+    return factor
+
+
 def gptq_quantize(
     w: Array,
-    hessian: Array,
+    hessian: Array | None,
     spec: ArraySpec,
     *,
     block_size: int = 128,
     damp: float = 0.01,
     act_order: bool = False,
+    factor: GPTQFactor | None = None,
 ) -> QArray:
     """GPTQ-quantize W [K, N] (f32/bf16) given H [K, K] (f32) into a QArray laid out like RTN's.
 
@@ -162,27 +228,42 @@ def gptq_quantize(
     range. block_size: rows per lazy update (adjusted to align with the groups, see
     sweep_block_size). damp: fraction of mean(diag H) added to the diagonal (grown x10 until H
     is positive definite). act_order: visit rows by descending H_ii (static group scales).
+    factor: gptq_factor(H, damp=..., act_order=...) computed once for layers sharing an input
+    (then hessian may be None and damp unused; pass the act_order the factor was made with).
     """
     check_gptq_spec(spec, tuple(w.shape))
     k, n = w.shape
-    if hessian.shape != (k, k):
-        raise JaxquantError(f"GPTQ: Hessian shape {hessian.shape} does not match K={k}")
+    if factor is None:
+        if hessian is None or tuple(hessian.shape) != (k, k):
+            shape = None if hessian is None else tuple(hessian.shape)
+            raise JaxquantError(f"GPTQ: Hessian shape {shape} does not match K={k}")
+        factor = gptq_factor(hessian, damp=damp, act_order=act_order)
+    elif factor.u.shape != (k, k):
+        raise JaxquantError(f"GPTQ: factor of a {factor.u.shape[0]}-input Hessian for K={k}")
     if block_size < 1:
         raise JaxquantError(f"GPTQ: block_size={block_size} must be >= 1 (128 is typical)")
-    fmt = get_format(spec.format)
     g = spec.block_shape[0]
     dynamic = spec.granularity == "group" and not act_order
     bs = sweep_block_size(block_size, g) if dynamic else min(block_size, k)
     kp = -(-k // bs) * bs
     if dynamic:
         kp = -(-kp // g) * g if g >= bs else kp
-    w32 = jnp.asarray(w, jnp.float32)
-    h = jnp.asarray(hessian, jnp.float32)
-    dead = jnp.diag(h) == 0
-    h = h + jnp.diag(dead.astype(jnp.float32))
-    w32 = jnp.where(dead[:, None], 0.0, w32)
-    perm = jnp.argsort(-jnp.diag(h)) if act_order else jnp.arange(k)
-    u, _ = inverse_hessian_factor(h[perm][:, perm], damp)
+    qvalue, stored, zero_point = _gptq(jnp.asarray(w), factor, spec, bs, kp, dynamic)
+    meta = QMeta(spec.format, (k, n), jnp.dtype(w.dtype).name, spec.block_shape, 0,
+                 spec.granularity)
+    return QArray(qvalue, stored, zero_point, meta)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3, 4, 5))
+def _gptq(w: Array, factor: GPTQFactor, spec: ArraySpec, bs: int, kp: int, dynamic: bool
+          ) -> tuple[Array, Array, Array | None]:
+    """The sweep and the packing in one compiled program: (packed codes, stored scales,
+    zero-points or None)."""
+    fmt = get_format(spec.format)
+    k, n = w.shape
+    g = spec.block_shape[0]
+    perm, u, dead = factor
+    w32 = jnp.where(dead[:, None], 0.0, w.astype(jnp.float32))
     # padded rows are zero weights with an independent unit Hessian: U stays block diagonal
     u = jnp.zeros((kp, kp), jnp.float32).at[:k, :k].set(u).at[k:, k:].set(jnp.eye(kp - k))
     wp = jnp.zeros((kp, n), jnp.float32).at[:k].set(w32[perm])
@@ -205,6 +286,4 @@ def gptq_quantize(
         stored = eff.astype(jnp.dtype(spec.scale_dtype))  # exact: eff came from the stored dtype
     zero_point = zps.astype(jnp.uint8) if fmt.asymmetric else None
     qvalue = pack_nibbles(codes, 0) if fmt.codec.packed else codes
-    meta = QMeta(spec.format, (k, n), jnp.dtype(w.dtype).name, spec.block_shape, 0,
-                 spec.granularity)
-    return QArray(qvalue, stored, zero_point, meta)
+    return qvalue, stored, zero_point

@@ -18,14 +18,15 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 import numpy as np
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 import jaxquant as jq
 from jaxquant.core.qarray import QArray
 from jaxquant.errors import JaxquantError
 from jaxquant.methods.adapters import LlamaAdapter
-from jaxquant.methods.capture import LayerStats, captured_apply, update_stats
-from jaxquant.methods.gptq_core import gptq_quantize
+from jaxquant.methods.capture import LayerStats, add_batch, captured_apply, input_groups
+from jaxquant.methods.gptq_core import GPTQFactor, gptq_factor, gptq_quantize
 from jaxquant.recipes.io import resolve_recipe
 from jaxquant.recipes.recipe import Recipe, Rule
 from jaxquant.transform import attach_activation, default_axis, quantize_leaf
@@ -33,6 +34,7 @@ from jaxquant.tree_paths import flatten
 
 CALIBRATED = ("gptq", "awq", "smoothquant")
 AWQ_SAMPLE_ROWS = 2048
+SQ_SAMPLE_ROWS = 512  # activation rows SmoothQuant's alpha search (alpha: "auto") scores
 # AWQ's clip search scores a layer's own output; q and k feed q k^T, where that error measure is
 # misleading (AutoAWQ skips them too)
 NO_CLIP = ("attn/q_proj", "attn/k_proj")
@@ -79,19 +81,11 @@ def _smooth_group(mapping, rules: dict[str, Rule], stats, block: dict, report, p
         return set()
     if any(r not in rules for r in mapping.layers):
         return set()  # folding would change a layer this recipe keeps in float
-    from jaxquant.methods import awq_core, smoothquant_core
+    from jaxquant.methods import awq_core
     rule = rules[mapping.layers[0]]
     ws = [_get(block, r + "/kernel") for r in mapping.layers]
     st = stats[mapping.layers[0]]
-    if rule.method == "smoothquant":
-        alpha = float(rule.method_args.get("alpha", 0.5))
-        s = smoothquant_core.smoothing_scales(st.absmax, ws, alpha=alpha)
-        details = {"alpha": alpha}
-    else:
-        specs = [rule.weight.resolve(w.shape, 0, prefix + r) for r, w in zip(mapping.layers, ws)]
-        res = awq_core.awq_search(st.samples(), ws, specs,
-                                  grid=int(rule.method_args.get("grid", 20)))
-        s, details = res.scales, {"alpha": float(res.alpha)}
+    s, details = _smoothing(rule, st, ws, [prefix + r for r in mapping.layers])
     prev = _get(block, mapping.prev)
     if mapping.prev_kind == "norm":
         prev["scale"] = awq_core.fold_into_norm(prev["scale"], s)
@@ -101,6 +95,24 @@ def _smooth_group(mapping, rules: dict[str, Rule], stats, block: dict, report, p
         _get(block, r)["kernel"] = _scaled_weight(rule, w, s, st, prefix + r, r in NO_CLIP)
         report.layers[prefix + r] = {"method": rule.method, "folded_into": mapping.prev, **details}
     return set(mapping.layers)
+
+
+def _smoothing(rule: Rule, st: LayerStats, ws: list, paths: list[str]) -> tuple[Array, dict]:
+    """Per-input-channel scales s [K] for the layers `ws` (at `paths`) that read one input, and
+    the alpha chosen: SmoothQuant at a fixed alpha or searched (alpha "auto"), AWQ searched."""
+    from jaxquant.methods import awq_core, smoothquant_core
+
+    args = rule.method_args
+    specs = [rule.weight.resolve(tuple(w.shape), 0, p) for p, w in zip(paths, ws)]
+    if rule.method == "smoothquant" and args.get("alpha", 0.5) != "auto":
+        alpha = float(args.get("alpha", 0.5))
+        return smoothquant_core.smoothing_scales(st.absmax, ws, alpha=alpha), {"alpha": alpha}
+    if rule.method == "smoothquant":
+        res = smoothquant_core.alpha_search(st.samples(), st.absmax, ws, specs, rule.activation,
+                                            grid=int(args.get("grid", 10)))
+    else:
+        res = awq_core.awq_search(st.samples(), ws, specs, grid=int(args.get("grid", 20)))
+    return res.scales, {"alpha": float(res.alpha)}
 
 
 def _scaled_weight(rule: Rule, w: Any, s: Any, st: LayerStats, path: str, no_clip: bool) -> Any:
@@ -129,19 +141,13 @@ def smooth_block(adapter, i: int, block: dict, rules: dict[str, Rule], stats, re
         handled |= _smooth_group(mapping, rules, stats, block, report, prefix)
     for rel, rule in rules.items():  # AWQ/SmoothQuant with nothing to fold into: explicit smooth
         if rule.method in ("awq", "smoothquant") and rel not in handled:
-            from jaxquant.methods import awq_core, smoothquant_core
-
             w = _get(block, rel + "/kernel")
-            if rule.method == "smoothquant":
-                s = smoothquant_core.smoothing_scales(
-                    stats[rel].absmax, [w], alpha=float(rule.method_args.get("alpha", 0.5)))
-            else:
-                spec = rule.weight.resolve(w.shape, 0, prefix + rel)
-                s = awq_core.awq_search(stats[rel].samples(), [w], [spec]).scales
+            s, details = _smoothing(rule, stats[rel], [w], [prefix + rel])
             _get(block, rel)["kernel"] = _scaled_weight(rule, w, s, stats[rel], prefix + rel,
                                                         rel in NO_CLIP)
             smooth[rel] = jnp.asarray(s, jnp.float32)
-            report.layers[prefix + rel] = {"method": rule.method, "folded_into": "input_smooth"}
+            report.layers[prefix + rel] = {"method": rule.method, "folded_into": "input_smooth",
+                                           **details}
     return block, smooth
 
 
@@ -149,16 +155,19 @@ def _quantize_block(adapter, i: int, block: dict, rules: dict[str, Rule], stats,
     prefix = adapter.block_path(i) + "/"
     block, smooth = smooth_block(adapter, i, block, rules, stats, report)
     out = jax.tree_util.tree_map(lambda x: x, block)  # fresh nested dicts
+    factors: dict[tuple, GPTQFactor] = {}  # one per shared input (q/k/v, gate/up) and settings
     for rel, rule in rules.items():
         path = prefix + rel + "/kernel"
         w = _get(block, rel + "/kernel")
         if rule.method == "gptq":
             spec = rule.weight.resolve(tuple(w.shape), default_axis(path, w.ndim), path)
             args = rule.method_args
-            q = gptq_quantize(w, stats[rel].hessian, spec,
-                              block_size=int(args.get("block_size", 128)),
-                              damp=float(args.get("damp", 0.01)),
-                              act_order=bool(args.get("act_order", False)))
+            damp, act_order = float(args.get("damp", 0.01)), bool(args.get("act_order", False))
+            key = (id(stats[rel]), damp, act_order)
+            if key not in factors:
+                factors[key] = gptq_factor(stats[rel].hessian, damp=damp, act_order=act_order)
+            q = gptq_quantize(w, None, spec, block_size=int(args.get("block_size", 128)),
+                              act_order=act_order, factor=factors[key])
             q = attach_activation(q, rule)
             report.layers.setdefault(path[:-7], {"method": "gptq"})
         else:
@@ -171,31 +180,81 @@ def _quantize_block(adapter, i: int, block: dict, rules: dict[str, Rule], stats,
 
 
 @functools.lru_cache(maxsize=8)
-def _compiled(adapter, quantized: bool):
-    """jit(captured_apply) of the adapter's shared block module: compiled once per parameter
-    structure and reused by every block."""
-    return jax.jit(captured_apply(adapter.shared_block_module(), quantized=quantized))
+def _forward(adapter):
+    """jit of the adapter's shared block module under jaxquant.intercept(): (variables, hidden)
+    -> next hidden; one compiled function serves every block with the same parameter layout."""
+    module = adapter.shared_block_module()
+
+    def run(variables: Any, h: Array) -> Array:
+        with jq.intercept():
+            return module.apply(variables, h, *adapter.block_args(h))[0]
+
+    return jax.jit(run)
+
+
+def _sample_rows(rule: Rule | None) -> int:
+    if rule is not None and rule.method == "awq":
+        return AWQ_SAMPLE_ROWS
+    if rule is not None and rule.method == "smoothquant" and rule.method_args.get("alpha") == "auto":
+        return SQ_SAMPLE_ROWS
+    return 0
+
+
+@functools.lru_cache(maxsize=8)
+def _stats_step(adapter, needs: tuple[tuple[tuple[str, ...], int, bool, int], ...]):
+    """jit of one calibration batch through the float block, adding every captured input into
+    the statistics of its input group: (block, hidden, {group leader: LayerStats}) -> updated
+    statistics. needs: (group, K, hessian, sample rows) per group; only the statistics leave
+    the compiled function, never the [T, K] activations."""
+    capture = captured_apply(adapter.shared_block_module(), quantized=False)
+
+    def step(block: dict, h: Array, stats: dict[str, LayerStats]) -> dict[str, LayerStats]:
+        _, seen = capture({"params": block}, h, *adapter.block_args(h))
+        return {g[0]: add_batch(stats[g[0]], seen[g[0]]) for g, *_ in needs}
+
+    return jax.jit(step)
+
+
+_LAYOUTS: dict[Any, tuple[tuple[tuple[str, ...], int], ...]] = {}
+
+
+def input_groups_of(adapter, block: dict, h: Array) -> tuple[tuple[tuple[str, ...], int], ...]:
+    """The block's Dense layers grouped by shared input (q/k/v, gate/up), each with its K, from
+    one abstract trace per parameter layout (nothing is computed)."""
+    leaves, tree = jax.tree_util.tree_flatten(block)
+    key = (adapter, tree, tuple((x.shape, str(x.dtype)) for x in leaves), h.shape, str(h.dtype))
+    if key not in _LAYOUTS:
+        capture = captured_apply(adapter.shared_block_module(), quantized=False)
+        found: list = []
+
+        def trace(block: dict, h: Array) -> None:
+            _, seen = capture({"params": block}, h, *adapter.block_args(h))
+            found.extend((g, seen[g[0]].shape[-1]) for g in input_groups(seen))
+
+        jax.eval_shape(trace, block, h)
+        _LAYOUTS[key] = tuple(found)
+    return _LAYOUTS[key]
 
 
 def block_statistics(adapter, i: int, block: dict, rules: dict[str, Rule], hidden: list
                      ) -> dict[str, LayerStats]:
     """Streaming input statistics of block i's Dense layers over the calibration hidden states
-    (Hessians for GPTQ layers, activation samples for the targeted ones)."""
+    (Hessians for GPTQ layers, activation samples for AWQ and auto-alpha SmoothQuant). Layers
+    reading the same input share one LayerStats object."""
     if not any(r.method in CALIBRATED for r in rules.values()):
         return {}
-    capture = _compiled(adapter, quantized=False)
-    stats: dict[str, LayerStats] = {}
+    needs = tuple(
+        (g, k, any(rules[r].method == "gptq" for r in g if r in rules),
+         max(_sample_rows(rules.get(r)) for r in g))
+        for g, k in input_groups_of(adapter, block, hidden[0]))
+    stats = {g[0]: LayerStats.init(k, hessian=hess, sample_rows=rows)
+             for g, k, hess, rows in needs}
+    step = _stats_step(adapter, needs)
     for h in hidden:
-        _, seen = capture({"params": block}, h, *adapter.block_args(h))
-        for rel, x in seen.items():
-            if rel not in stats:
-                method = rules[rel].method if rel in rules else None
-                rows = AWQ_SAMPLE_ROWS if method == "awq" else 0
-                gptq = method == "gptq"
-                stats[rel] = LayerStats.init(x.shape[-1], hessian=gptq, sample_rows=rows)
-            stats[rel] = update_stats(stats[rel], x)
-    _min_tokens(stats, {r: v for r, v in rules.items() if v.method == "gptq"})
-    return stats
+        stats = step(block, h, stats)
+    out = {r: stats[g[0]] for g, *_ in needs for r in g}
+    _min_tokens(out, {r: v for r, v in rules.items() if v.method == "gptq"})
+    return out
 
 
 def quantize_calibrated(
@@ -221,6 +280,20 @@ def quantize_calibrated(
         raise JaxquantError("calibration_tokens must be a non-empty [n_windows, seq_len] array")
     report = CalibrationReport(tokens=int(wins.size))
     start = time.perf_counter()
+    # OpenBLAS (LAPACK behind jnp.linalg.cholesky on CPU) with more than one thread is 50-100x
+    # slower at GPTQ's factorizations on a small CPU (measured 494 ms vs 5 ms for 576 x 576 on 2
+    # cores), and XLA already uses every core for the rest: one BLAS thread while calibrating.
+    with threadpool_limits(limits=1, user_api="blas"):
+        params = _quantize_blocks(adapter, params, recipe, wins, report, batch_size, progress,
+                                  place_batch, statistics)
+    report.seconds = time.perf_counter() - start
+    return params, report
+
+
+def _quantize_blocks(adapter, params, recipe: Recipe, wins: np.ndarray,
+                     report: CalibrationReport, batch_size: int, progress: bool,
+                     place_batch: Callable, statistics: Callable) -> Any:
+    """quantize_calibrated's block loop and the round-to-nearest rest."""
     params = jax.tree_util.tree_map(lambda x: x, params)  # never modify the caller's tree
     embed = jax.jit(adapter.embed)
     hidden = [embed(params, place_batch(wins[j: j + batch_size]))
@@ -242,8 +315,8 @@ def quantize_calibrated(
         stats = statistics(adapter, i, block, rules, hidden)
         qblock = _quantize_block(adapter, i, block, rules, stats, report)
         params["params"][f"layers_{i}"] = qblock
-        run = _compiled(adapter, quantized=True)
-        hidden = [run({"params": qblock}, h, *adapter.block_args(h))[0][0] for h in hidden]
+        run = _forward(adapter)
+        hidden = [run({"params": qblock}, h) for h in hidden]
         report.block_seconds.append(time.perf_counter() - t0)
     # leaves outside the blocks: round to nearest under the same recipe
     rest = Recipe(tuple(dataclasses.replace(r, method="rtn") for r in recipe.rules),
@@ -253,7 +326,6 @@ def quantize_calibrated(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         params = jq.quantize(params, rest)
-    report.seconds = time.perf_counter() - start
     if not used_rules and not any(isinstance(x, QArray) for _, x in flatten(params)[0]):
         raise JaxquantError(f"recipe {recipe.name!r} targets no layer of this model")
-    return params, report
+    return params

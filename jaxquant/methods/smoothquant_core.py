@@ -15,6 +15,14 @@ alpha = 0 leaves the activations alone up to 1 / w; alpha = 1 moves all of their
 smooth() returns the scaled weights W_i * s[:, None] and s; fold 1 / s into whatever produces X
 with jaxquant.methods.awq_core.fold_into_norm / fold_into_linear_outputs, or store it as
 QArray.input_smooth where nothing precedes X.
+
+alpha_search() picks alpha per group of layers (recipe `alpha: "auto"`): for alpha in
+{0, 1/grid, ..., 1} it measures the W8A8 output error on a sample of the activations,
+
+    err(alpha) = sum_i || X W_i - Qa(X / s) Qw(W_i * s[:, None]) ||_F^2,   s = s(alpha)
+
+with Qa the rule's activation quantizer (dynamic per token or per tensor) and Qw its weight
+quantizer, and returns the argmin (ties: the smaller alpha), as AWQ's search does for weights.
 """
 
 from __future__ import annotations
@@ -26,8 +34,12 @@ import jax
 import jax.numpy as jnp
 from jax import Array
 
+from jaxquant.core.activations import quantize_activation
+from jaxquant.core.quantize import fake_quantize
+from jaxquant.core.spec import ActivationSpec, ArraySpec
 from jaxquant.errors import JaxquantError
 from jaxquant.methods.awq_core import (
+    check_spec,
     check_weights,
     fold_into_linear_outputs,
     fold_into_norm,
@@ -36,8 +48,10 @@ from jaxquant.methods.awq_core import (
 
 __all__ = [
     "SmoothResult",
+    "AlphaSearchResult",
     "smoothing_scales",
     "smooth",
+    "alpha_search",
     "fold_into_norm",
     "fold_into_linear_outputs",
     "scale_weights",
@@ -104,3 +118,75 @@ def smooth(x_absmax: Array, weights: Sequence[Array], alpha: float = 0.5) -> Smo
     """
     s = smoothing_scales(x_absmax, weights, alpha)
     return SmoothResult([scale_weights(w, s) for w in weights], s)
+
+
+class AlphaSearchResult(NamedTuple):
+    """Output of alpha_search (a pytree): scales f32 [K] at the chosen alpha (f32 scalar), and
+    errors f32 [grid + 1], err(alpha) at alpha = i / grid."""
+
+    scales: Array
+    alpha: Array
+    errors: Array
+
+
+@functools.partial(jax.jit, static_argnames=("wspecs", "aspec", "grid"))
+def _alpha_search(x, act_absmax, weights, wspecs, aspec, grid):
+    x32 = x.astype(jnp.float32)
+    w32 = tuple(w.astype(jnp.float32) for w in weights)
+    ref = tuple(jnp.dot(x32, w, precision=jax.lax.Precision.HIGHEST) for w in w32)
+    alphas = jnp.arange(grid + 1, dtype=jnp.float32) / grid
+
+    def error_at(alpha):
+        s = _scales(act_absmax, weights, alpha)
+        xq, sx = quantize_activation(x32 / s[None, :], aspec, (1,))
+        x_hat = xq.astype(jnp.float32) * sx
+        err = 0.0
+        for w, sp, y in zip(w32, wspecs, ref):
+            y_hat = jnp.dot(x_hat, fake_quantize(w * s[:, None], sp),
+                            precision=jax.lax.Precision.HIGHEST)
+            err = err + jnp.sum((y - y_hat) ** 2)
+        return err
+
+    errors = jax.lax.map(error_at, alphas)
+    best = jnp.argmin(jnp.where(jnp.isnan(errors), jnp.inf, errors))
+    return AlphaSearchResult(_scales(act_absmax, weights, alphas[best]), alphas[best], errors)
+
+
+def alpha_search(x: Array, act_absmax: Array, weights: Sequence[Array],
+                 weight_specs: ArraySpec | Sequence[ArraySpec], act_spec: ActivationSpec,
+                 *, grid: int = 10) -> AlphaSearchResult:
+    """SmoothQuant scales at the alpha in {0, 1/grid, ..., 1} with the least W8A8 output error
+    (see the module docstring) of the layers `weights` that all read x.
+
+    x:            [T, K] float activation sample (T of a few hundred rows is enough).
+    act_absmax:   [K] per-channel max |x| over all calibration tokens (what s is built from).
+    weights:      list of [K, N_i] float weights (Flax layout).
+    weight_specs: the weights' ArraySpecs (one for all, or one per weight).
+    act_spec:     the activation scheme of the W8A8 dot (a static scheme is scored with a
+                  per-tensor scale of the sample).
+    grid:         alphas i / grid for i in 0..grid.
+    Returns AlphaSearchResult(scales f32 [K], alpha f32, errors f32 [grid + 1]).
+    """
+    fn = "alpha_search"
+    shape = tuple(getattr(x, "shape", ()))
+    if len(shape) != 2 or shape[0] == 0:
+        raise JaxquantError(f"{fn}: x has shape {shape}; expected a non-empty activation "
+                            "sample [T, K] (x.reshape(-1, K))")
+    k = shape[1]
+    if tuple(getattr(act_absmax, "shape", ())) != (k,):
+        raise JaxquantError(f"{fn}: act_absmax has shape {tuple(getattr(act_absmax, 'shape', ()))}"
+                            f"; expected [{k}] to match x {shape}")
+    weights = check_weights(fn, weights, k, f"x {shape}")
+    specs = (tuple(weight_specs) if isinstance(weight_specs, (list, tuple))
+             else (weight_specs,) * len(weights))
+    if len(specs) != len(weights):
+        raise JaxquantError(f"{fn}: {len(specs)} weight specs for {len(weights)} weights")
+    for i, (w, sp) in enumerate(zip(weights, specs)):
+        check_spec(fn, f"weights[{i}]", sp, tuple(w.shape))
+    if not isinstance(act_spec, ActivationSpec):
+        raise JaxquantError(f"{fn}: act_spec is {type(act_spec).__name__}; pass the rule's "
+                            "ActivationSpec, e.g. jaxquant.activation_scheme('int8')")
+    if not isinstance(grid, int) or isinstance(grid, bool) or grid < 1:
+        raise JaxquantError(f"{fn}: grid={grid!r}; pass a positive int (10: alpha steps of 0.1)")
+    return _alpha_search(jnp.asarray(x), jnp.asarray(act_absmax, jnp.float32), weights, specs,
+                         act_spec, grid)

@@ -69,8 +69,9 @@ def _check_method(rule: "Rule") -> None:
                           "needs an activation scheme (e.g. the w8a8-int8 or fp8 scheme)")
     if rule.method == "smoothquant":
         alpha = rule.method_args.get("alpha", 0.5)
-        if not 0.0 <= float(alpha) <= 1.0:
-            raise RecipeError(f"smoothquant alpha={alpha} must be in [0, 1]")
+        if alpha != "auto" and (isinstance(alpha, (bool, str)) or not 0.0 <= float(alpha) <= 1.0):
+            raise RecipeError(f"smoothquant alpha={alpha!r} must be in [0, 1] or \"auto\" (a "
+                              "search per group of layers for the least W8A8 output error)")
     if rule.method == "gptq" and not 0 < float(rule.method_args.get("damp", 0.01)) <= 1:
         raise RecipeError(f"gptq damp={rule.method_args['damp']} must be in (0, 1]")
 

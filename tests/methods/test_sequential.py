@@ -73,6 +73,50 @@ def test_smoothquant_w8a8_runs_int8_and_stays_close(model_and_data):
     assert _err(model, params, q, held_out) < 0.05
 
 
+def test_smoothquant_auto_alpha_searches_per_group(model_and_data):
+    """alpha "auto": one alpha per group of layers sharing an input, from the grid; no worse on
+    held-out text than the fixed default."""
+    model, params, tokens = model_and_data
+    rule = jq.get_preset("w8a8-smoothquant").rules[0]
+    auto = jq.Recipe((dataclasses.replace(rule, method_args={"alpha": "auto", "grid": 4}),))
+    q, report = quantize_calibrated(model, params, auto, np.asarray(tokens[:16]), progress=False)
+    fixed, _ = quantize_calibrated(model, params, "w8a8-smoothquant", np.asarray(tokens[:16]),
+                                   progress=False)
+    blk = {k.split("/", 2)[2]: v for k, v in report.layers.items() if "layers_0/" in k}
+    assert {v["alpha"] for v in blk.values()} <= {0.0, 0.25, 0.5, 0.75, 1.0}
+    assert blk["attn/q_proj"]["alpha"] == blk["attn/k_proj"]["alpha"] == blk["attn/v_proj"]["alpha"]
+    assert "alpha" in blk["attn/o_proj"] and blk["attn/o_proj"]["folded_into"] == "input_smooth"
+    held_out = tokens[16:]
+    assert _err(model, params, q, held_out) <= _err(model, params, fixed, held_out) * 1.02
+    with pytest.raises(jq.RecipeError, match="auto"):
+        dataclasses.replace(rule, method_args={"alpha": "best"})
+
+
+def test_layers_sharing_an_input_share_statistics(model_and_data):
+    from jaxquant.methods.sequential import block_statistics
+
+    model, params, tokens = model_and_data
+    adapter = LlamaAdapter(model)
+    rule = jq.get_preset("w4a16-gptq").rules[0]
+    rules = {f"{a}/{b}": rule for a, bs in (("attn", ("q_proj", "k_proj", "v_proj", "o_proj")),
+                                          ("mlp", ("gate_proj", "up_proj", "down_proj")))
+             for b in bs}
+    hidden = [adapter.embed(params, tokens[j: j + 4]) for j in (0, 4)]
+    stats = block_statistics(adapter, 0, adapter.block_params(params, 0), rules, hidden)
+    assert stats["attn/q_proj"] is stats["attn/k_proj"] is stats["attn/v_proj"]
+    assert stats["mlp/gate_proj"] is stats["mlp/up_proj"]
+    assert stats["attn/o_proj"] is not stats["attn/q_proj"]
+    # the streamed Hessian equals X^T X of the block's first input (the normed embeddings)
+    from jaxquant.models.llama import RMSNorm
+
+    block = adapter.block_params(params, 0)
+    x = np.concatenate([np.asarray(RMSNorm(CFG.rms_eps).apply(
+        {"params": block["input_norm"]}, h)).reshape(-1, CFG.d_model) for h in hidden])
+    np.testing.assert_allclose(np.asarray(stats["attn/q_proj"].hessian), x.T.astype(np.float64) @ x,
+                               rtol=1e-4, atol=1e-3)
+    assert int(stats["attn/q_proj"].count) == x.shape[0]
+
+
 @pytest.mark.parametrize("method", ["smoothquant", "awq"])
 def test_folding_leaves_float_block_unchanged(model_and_data, method):
     """Scales folded into the norms and preceding linears (MHA config: v -> o folds too) change

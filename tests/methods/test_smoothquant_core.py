@@ -132,3 +132,55 @@ def test_bad_inputs():
         smoothing_scales(jnp.ones((4, K)), [w], 0.5)
     with pytest.raises(JaxquantError, match="list"):
         smoothing_scales(a, w, 0.5)
+
+
+def _w8a8_error64(x, ws, s, wspec_fn):
+    """sum_i ||X W_i - Qa(X / s) Qw(W_i s)||^2 in float64 (per-token int8 activations with
+    scale amax / 127, per-channel int8 weights), the alpha search's objective."""
+    x64, s64 = x.astype(np.float64), np.asarray(s, np.float64)
+    xs = x64 / s64
+    sx = np.abs(xs).max(axis=1, keepdims=True) / 127.0
+    x_hat = np.clip(np.rint(xs / sx), -127, 127) * sx
+    err = 0.0
+    for w in ws:
+        wsc = w.astype(np.float64) * s64[:, None]
+        sw = np.abs(wsc).max(axis=0, keepdims=True) / 127.0
+        w_hat = np.clip(np.rint(wsc / sw), -127, 127) * sw
+        err += np.sum((x64 @ w.astype(np.float64) - x_hat @ w_hat) ** 2)
+    return err
+
+
+def test_alpha_search_minimizes_the_w8a8_error(outlier_acts):
+    from jaxquant.methods.smoothquant_core import alpha_search
+
+    x, w1, w2 = outlier_acts
+    ws = [jnp.asarray(w1), jnp.asarray(w2)]
+    specs = [WeightScheme("int8").resolve(w.shape, 0, "w") for w in ws]
+    amax = jnp.max(jnp.abs(jnp.asarray(x)), axis=0)
+    res = alpha_search(jnp.asarray(x), amax, ws, specs, ActivationSpec("int8", "token"), grid=10)
+    assert res.errors.shape == (11,) and res.scales.shape == (K,)
+    ref = [_w8a8_error64(x, [w1, w2], smoothing_scales(amax, ws, i / 10), None)
+           for i in range(11)]
+    np.testing.assert_allclose(np.asarray(res.errors, np.float64), ref, rtol=2e-3)
+    best = int(np.argmin(ref))
+    assert float(res.alpha) == pytest.approx(best / 10)
+    np.testing.assert_allclose(np.asarray(res.scales),
+                               np.asarray(smoothing_scales(amax, ws, best / 10)), rtol=1e-6)
+    assert ref[best] < 0.5 * ref[0]  # smoothing outlier channels pays off
+
+
+def test_alpha_search_bad_inputs(outlier_acts):
+    from jaxquant.methods.smoothquant_core import alpha_search
+
+    x, w1, _ = outlier_acts
+    spec = WeightScheme("int8").resolve(w1.shape, 0, "w")
+    act = ActivationSpec("int8", "token")
+    amax = jnp.ones(K)
+    with pytest.raises(JaxquantError, match="act_absmax"):
+        alpha_search(jnp.asarray(x), jnp.ones(K - 1), [jnp.asarray(w1)], spec, act)
+    with pytest.raises(JaxquantError, match="non-empty"):
+        alpha_search(jnp.ones((0, K)), amax, [jnp.asarray(w1)], spec, act)
+    with pytest.raises(JaxquantError, match="grid"):
+        alpha_search(jnp.asarray(x), amax, [jnp.asarray(w1)], spec, act, grid=0)
+    with pytest.raises(JaxquantError, match="ActivationSpec"):
+        alpha_search(jnp.asarray(x), amax, [jnp.asarray(w1)], spec, "int8")
