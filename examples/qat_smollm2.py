@@ -1,7 +1,7 @@
 """Quantization-aware fine-tuning of SmolLM2-135M with optax, then export of real quantized
 weights whose forward is the training forward.
 
-    python examples/qat_smollm2.py [--bits 3] [--steps 30] [--learn-scales] [--out DIR]
+    python examples/qat_smollm2.py [--bits 3] [--steps 30] [--learn-scales] [--layers N] [--out DIR]
 
 Trains on the bundled Persuasion slice, evaluates on the bundled Emma slice (never overlapping).
 """
@@ -29,11 +29,13 @@ def main() -> None:
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--eval-tokens", type=int, default=4096)
+    p.add_argument("--layers", type=int, default=None,
+                   help="keep the first N decoder blocks (a quick run; default: all 30)")
     p.add_argument("--learn-scales", action="store_true")
     p.add_argument("--out", default=None, help="save the quantized model here")
     args = p.parse_args()
 
-    model = load_model("smollm2-135m")
+    model = load_model("smollm2-135m", n_layers=args.layers)
     recipe = jq.Recipe((jq.Rule(("re:kernel$",), jq.WeightScheme(
         f"int{args.bits}", group_size=128, ragged_groups=True)),), name=f"int{args.bits}-g128")
     qat = prepare_qat(model.params, recipe, learn_scales=args.learn_scales)  # starts at RTN

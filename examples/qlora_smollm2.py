@@ -1,7 +1,7 @@
 """QLoRA on SmolLM2-135M: bf16 LoRA adapters trained with optax on a frozen NF4
 (double-quantized) base, then merged into a re-quantized NF4 model.
 
-    python examples/qlora_smollm2.py [--steps 20] [--rank 16] [--alpha 32]
+    python examples/qlora_smollm2.py [--steps 20] [--rank 16] [--alpha 32] [--layers N]
 """
 
 import argparse
@@ -26,9 +26,11 @@ def main() -> None:
     p.add_argument("--seq-len", type=int, default=256)
     p.add_argument("--batch-size", type=int, default=2)
     p.add_argument("--eval-tokens", type=int, default=4096)
+    p.add_argument("--layers", type=int, default=None,
+                   help="keep the first N decoder blocks (a quick run; default: all 30)")
     args = p.parse_args()
 
-    model = load_model("smollm2-135m")
+    model = load_model("smollm2-135m", n_layers=args.layers)
     base = jq.quantize(model.params, "nf4")  # stays quantized and frozen
     cfg = LoraConfig(rank=args.rank, alpha=args.alpha)
     adapters = init_adapters(jax.random.key(0), base, cfg)

@@ -70,7 +70,7 @@ MAX_REL_ERROR = {
     "w4a16-asym": 0.12, "nf4": 0.13, "mxfp4": 0.16, "nvfp4": 0.15,
 }
 FORMAT_OF = {
-    "w8a16": "int8", "w8a8-int8": "int8", "fp8": "fp8_e4m3", "mxfp8": "mxfp8", "w4a16": "int4",
+    "w8a16": "int8", "w8a8-int8": "int8", "fp8": "fp8_e4m3", "mxfp8": "mxfp8", "w4a16": "int4_full",
     "w4a16-asym": "uint4", "nf4": "nf4", "mxfp4": "mxfp4", "nvfp4": "nvfp4",
 }
 

@@ -70,9 +70,16 @@ def logits_fn(model: LoadedModel, kv: Any = None):
 
 
 def step_fn(model: LoadedModel):
+    """(params, tokens, cache) -> (logits, cache), quantized layers intercepted; one function per
+    model module, so generate's compiled prefill and step are reused across prompts."""
+    return _intercepted_step(model.module)
+
+
+@functools.lru_cache(maxsize=8)
+def _intercepted_step(module: Any):
     def fn(params: Any, tokens: Any, cache: Any) -> Any:
         with jq.intercept():
-            return model.module.apply(params, tokens, cache=cache)
+            return module.apply(params, tokens, cache=cache)
 
     return fn
 

@@ -6,6 +6,9 @@ Qwix runs its own way: a QuantizationRule per setting over the decoder-block Den
 `padded_ptq` where groups do not divide a layer (SmolLM2's 576 inputs), and for GPTQ / AWQ /
 SmoothQuant its contrib calibration providers: one jitted calibration pass per window collects
 `quant_stats`, then its quantize_params. A setting Qwix cannot run raises; the table reports why.
+Qwix 0.1.8's SmoothQuant inference (SqInferenceProvider.dot_general) multiplies the float
+activation by the inverse smoothing scale and calls a dequantizing dot: its activations stay in
+float, so its SmoothQuant rows are W8A16 with smoothed weights, not W8A8.
 """
 
 from __future__ import annotations
@@ -71,8 +74,11 @@ def qwix_quantize(model, params, setting: QwixSetting, calib: np.ndarray
     if setting.method in calibrated:
         rule_cls, cal_cls, infer_cls, quantize = calibrated[setting.method]
         stats = _calibrate(model, params, cal_cls([rule_cls(**kw)]), calib)
+        # the abstract tree (weights as WithAux) comes from PtqProvider: SqInferenceProvider's
+        # dot_general never creates WithAux, so an abstract tree from it quantizes nothing
+        ptq_model = qwix.quantize_model(model, qwix.PtqProvider([rule_cls(**kw)]))
+        abstract = jax.eval_shape(ptq_model.init, jax.random.key(0), tokens)
         qmodel = qwix.quantize_model(model, infer_cls([rule_cls(**kw)]))
-        abstract = jax.eval_shape(qmodel.init, jax.random.key(0), tokens)
         # quant_stats are keyed like the inner params tree (no "params" level)
         qparams = {"params": quantize(params["params"], abstract["params"], stats)}
     else:

@@ -24,6 +24,8 @@ from jaxquant.models.kv_cache import KVCache
 # apply_fn(params, tokens int32 [B, T], cache) -> (logits f32 [B, T, V], cache)
 ApplyFn = Callable[[Any, Array, KVCache], tuple[Array, KVCache]]
 _CACHE_ROUND = 128
+_MIN_PREFILL = 64  # prompts are right-padded to a power of two >= this: one compiled prefill
+                   # serves every short prompt
 
 
 @dataclasses.dataclass(frozen=True)
@@ -140,7 +142,7 @@ def _decode(apply_fn: ApplyFn, params: Any, init_cache: Callable[[int, int], KVC
                             f"the model's context length {max_len}")
     stops = set() if eos_id is None else {int(eos_id)} if isinstance(eos_id, int) else \
         {int(i) for i in eos_id}
-    padded = 1 << (n - 1).bit_length()
+    padded = max(_MIN_PREFILL, 1 << (n - 1).bit_length())
     slots = -(-(max(padded, n + max_new_tokens)) // _CACHE_ROUND) * _CACHE_ROUND
     prefill, step = _compiled(apply_fn, sampling.greedy)
     temperature, top_p = jnp.float32(max(sampling.temperature, 1e-6)), jnp.float32(sampling.top_p)

@@ -186,8 +186,11 @@ def _check_tensor_names(names: set[str], cfg: LlamaConfig, path: Path) -> None:
                         f"variant?): {', '.join(extra[:8])}")
 
 
-def load_gguf(path: str | os.PathLike, dtype: Any = jnp.float32) -> GGUFModel:
-    """Read a Llama-family GGUF file: config (compute dtype `dtype`), float32 numpy params."""
+def load_gguf(path: str | os.PathLike, dtype: Any = jnp.float32,
+              n_layers: int | None = None) -> GGUFModel:
+    """Read a Llama-family GGUF file: config (compute dtype `dtype`), float32 numpy params.
+    n_layers keeps only the first n decoder blocks (fast experiments and tests; the result is
+    a smaller model, not the file's)."""
     import gguf
 
     path = Path(path)
@@ -196,6 +199,11 @@ def load_gguf(path: str | os.PathLike, dtype: Any = jnp.float32) -> GGUFModel:
     tensors = {t.name: t for t in reader.tensors}
     cfg = config_from_metadata(meta, set(tensors), path, dtype)
     _check_tensor_names(set(tensors), cfg, path)
+    if n_layers is not None:
+        if not isinstance(n_layers, int) or not 1 <= n_layers <= cfg.n_layers:
+            raise GGUFError(f"n_layers={n_layers!r}: {path} has {cfg.n_layers} decoder blocks; "
+                            f"pass 1..{cfg.n_layers} (or None for all)")
+        cfg = dataclasses.replace(cfg, n_layers=n_layers)
     shapes = expected_shapes(cfg)
 
     def get(name: str) -> np.ndarray:

@@ -79,10 +79,12 @@ def resolve(name_or_path: str | os.PathLike) -> Path:
     return model_file(s)
 
 
-def load_model(name_or_path: str | os.PathLike, dtype: Any = jnp.float32) -> LoadedModel:
-    """Load "smollm2-135m" or a Llama-family .gguf file; `dtype` is the compute dtype."""
+def load_model(name_or_path: str | os.PathLike, dtype: Any = jnp.float32,
+               n_layers: int | None = None) -> LoadedModel:
+    """Load "smollm2-135m" or a Llama-family .gguf file; `dtype` is the compute dtype;
+    n_layers keeps only the first n decoder blocks (a smaller model for quick runs)."""
     path = resolve(name_or_path)
-    loaded = load_gguf(path, dtype)
+    loaded = load_gguf(path, dtype, n_layers)
     tokenizer = tokenizer_from_metadata(loaded.metadata, str(path))
     params = jax.tree_util.tree_map(jnp.asarray, loaded.params)
     return LoadedModel(loaded.config, Llama(loaded.config), params, tokenizer, path)

@@ -191,4 +191,4 @@ def test_manifest_is_plain_json(tmp_path, params):
     info = json.loads((tmp_path / "c" / "jaxquant.json").read_text())
     assert info["recipe"]["name"] == "w4a16"
     entry = info["tree"]["params/fc1/kernel"]
-    assert entry["meta"]["format"] == "int4" and entry["fields"]["qvalue"]["dtype"] == "uint8"
+    assert entry["meta"]["format"] == "int4_full" and entry["fields"]["qvalue"]["dtype"] == "uint8"

@@ -52,7 +52,7 @@ def test_inspect_orbax_and_gguf(capsys, tmp_path):
     r = json.loads(out)
     assert code == 0 and r["format"] == "orbax" and r["recipe"]["name"] == "w4a16"
     kernel = next(leaf for leaf in r["leaves"] if leaf["name"] == "params/fc/kernel")
-    assert kernel["scheme"] == "int4 group block (128, 1)"
+    assert kernel["scheme"] == "int4_full group block (128, 1)"
     assert kernel["bytes"] == 256 * 64 // 2 + 2 * 64 * 2  # nibbles + bf16 scales
 
     writer = gguf.GGUFWriter(str(tmp_path / "m.gguf"), "llama")
