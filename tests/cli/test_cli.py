@@ -25,7 +25,11 @@ def saved_w8(tmp_path_factory) -> Path:
     return out
 
 
-def test_quantize_json_reports_figures(capsys, tmp_path):
+def test_quantize_json_reports_figures(capsys, tmp_path, monkeypatch):
+    from jaxquant.cli import pipeline
+
+    # one sample prompt instead of the default two: the second only repeats the decode loop
+    monkeypatch.setattr(pipeline, "DEFAULT_PROMPTS", pipeline.DEFAULT_PROMPTS[:1])
     code, out, _ = run(capsys, "quantize", "--recipe", "w4a16", "--out", str(tmp_path / "q"),
                        "--json", *SMALL)
     assert code == 0
@@ -34,7 +38,9 @@ def test_quantize_json_reports_figures(capsys, tmp_path):
     assert ev["tokens_evaluated"] == 2 * 127
     assert 1 < ev["original"]["perplexity"] < ev["quantized"]["perplexity"] < 1000
     assert ev["quantized"]["param_bytes"] < ev["original"]["param_bytes"] / 2.5
-    assert len(result["generations"]) == 2
+    assert len(result["generations"]) == 1
+    gen = result["generations"][0]
+    assert gen["prompt"] == pipeline.DEFAULT_PROMPTS[0] and gen["original"] and gen["quantized"]
     assert (tmp_path / "q" / "jaxquant.json").is_file()
 
 

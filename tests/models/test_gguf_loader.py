@@ -143,6 +143,21 @@ def test_tiny_gguf_loads_into_hf_layout(tiny_file):
     assert logits.shape == (1, len(ids), c.vocab_size) and np.isfinite(np.asarray(logits)).all()
 
 
+def test_first_n_layers(tiny_file):
+    path, _ = tiny_file
+    full, first = load_model(path), load_model(path, n_layers=1)
+    assert first.config.n_layers == 1
+    p, q = full.params["params"], first.params["params"]
+    assert set(q) == {k for k in p if not k.startswith("layers_") or k == "layers_0"}
+    assert np.array_equal(q["layers_0"]["attn"]["q_proj"]["kernel"],
+                          p["layers_0"]["attn"]["q_proj"]["kernel"])
+    tokens = jnp.zeros((1, 4), jnp.int32)
+    assert first.module.apply(first.params, tokens)[0].shape == (1, 4, len(tiny_vocab()))
+    for bad in (0, LAYERS + 1, 1.5):
+        with pytest.raises(GGUFError, match=f"pass 1..{LAYERS}"):
+            load_model(path, n_layers=bad)
+
+
 def test_tiny_gguf_tokenizer(tiny_file):
     tok = load_model(tiny_file[0]).tokenizer
     ids = tok.encode("the theme<|im_end|>")
