@@ -27,12 +27,14 @@ BLOCK_LAYERS = r".*layers_\d+/(attn|mlp)/.*"
 @dataclasses.dataclass(frozen=True)
 class QwixSetting:
     """weight_qtype ("int4", "int8", ...); tile_size: group size along the contraction axis
-    (None: per channel); act_qtype for W8A8; method: rtn | gptq | awq | smoothquant."""
+    (None: per channel); act_qtype for W8A8; method: rtn | gptq | awq | smoothquant; note: how
+    what Qwix runs differs from the row's setting (printed with its perplexity)."""
 
     weight_qtype: str
     method: str = "rtn"
     tile_size: int | None = None
     act_qtype: str | None = None
+    note: str | None = None
 
 
 def _rule_kw(s: QwixSetting) -> dict:

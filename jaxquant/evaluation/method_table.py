@@ -5,7 +5,8 @@ parameter bytes and time to quantize, on the same evaluation windows.
     python -m jaxquant.evaluation.method_table [--max-tokens 8192] [--calib-tokens 8192]
         [--only "int4 g128"] [--methods RTN,GPTQ] [--no-qwix] [--out results.json]
 
-Settings: int4 and int4_full g128 (the w4a16 scheme on either grid), W8A8 int8 / int8_full / FP8
+Settings: int4 and int4_full g128 (the w4a16 scheme on either grid; Qwix's columns on int4_full
+g128 and g64 with f32 scales, as Qwix stores them), W8A8 int8 / int8_full / FP8
 (dynamic per-token activations: RTN, SmoothQuant at alpha 0.5 and with the alpha search), int3 and
 int3_full g128, int4_full per-channel; weight-only settings with RTN (min-max range), RTN with an
 MSE-searched clip per group (int4 g128), GPTQ (act-order, MSE clip) and AWQ. Calibration uses the bundled Persuasion slice,
@@ -35,6 +36,7 @@ from jaxquant.recipes.schemes import WeightScheme
 
 BLOCK_TARGETS = (r"re:layers_\d+/(attn|mlp)/[a-z_]+/kernel$",)
 GPTQ_ARGS = {"act_order": True, "damp": 0.01}
+QWIX_SQ_NOTE = ("W8A16: Qwix's SqInferenceProvider leaves activations in float")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,16 +85,25 @@ def all_rows() -> list[Row]:
     g128 = get_preset("w4a16").rules[0].weight  # int4, group 128, symmetric, bf16 scales
     g128 = dataclasses.replace(g128, format="int4")
     full = dataclasses.replace(g128, format="int4_full")
+    # Qwix keeps scales in the weight's dtype (f32 here): the rows it is compared on do too
+    full32 = dataclasses.replace(full, scale_dtype="float32")
     return [
         *weight_only_rows("int4 g128", g128, {}),
-        *weight_only_rows("int4_full g128", full, {
+        *weight_only_rows("int4_full g128", full, {}, mse=False),
+        *weight_only_rows("int4_full g128, f32 scales", full32, {
             "rtn": QwixSetting("int4", tile_size=128),
             "gptq": QwixSetting("int4", "gptq", tile_size=128),
             "awq": QwixSetting("int4", "awq", tile_size=128)}, mse=False),
+        *weight_only_rows("int4_full g64, f32 scales",
+                          dataclasses.replace(full32, group_size=64), {
+            "rtn": QwixSetting("int4", tile_size=64),
+            "gptq": QwixSetting("int4", "gptq", tile_size=64),
+            "awq": QwixSetting("int4", "awq", tile_size=64)}, mse=False),
         *w8a8_rows("W8A8 int8", "w8a8-int8", {}),
         *w8a8_rows("W8A8 int8_full", "w8a8-int8", {
             "rtn": QwixSetting("int8", act_qtype="int8"),
-            "smoothquant": QwixSetting("int8", "smoothquant", act_qtype="int8")}, "int8_full"),
+            "smoothquant": QwixSetting("int8", "smoothquant", act_qtype="int8",
+                                       note=QWIX_SQ_NOTE)}, "int8_full"),
         *w8a8_rows("W8A8 FP8", "fp8", {}),
         *weight_only_rows("int3 g128", dataclasses.replace(g128, format="int3"), {}, mse=False),
         *weight_only_rows("int4_full per-channel", WeightScheme("int4_full", "channel"), {
@@ -121,7 +132,8 @@ def print_table(meta: dict, rows: list[dict]) -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         share = _share(r, rows, base)
-        q = (f"{r['qwix_ppl']:.3f}" if "qwix_ppl" in r
+        q = (f"{r['qwix_ppl']:.3f}" + (f" ({r['qwix_note']})" if "qwix_note" in r else "")
+             if "qwix_ppl" in r
              else f"cannot run: {r['qwix_error']}" if "qwix_error" in r else "")
         qs = f"{r['qwix_seconds']:.1f}" if "qwix_seconds" in r else ""
         print(f"| {r['setting']} | {r['method']} | {r['perplexity']:.3f} | "
@@ -175,6 +187,8 @@ def main() -> None:
                 fn, qwp, qsecs = qwix_quantize(model.module, model.params, row.qwix, calib)
                 qr = perplexity(fn, qwp, tokens, desc=f"qwix {row.setting} {row.method}", **kw)
                 out.update(qwix_ppl=qr.ppl, qwix_seconds=qsecs)
+                if row.qwix.note:
+                    out["qwix_note"] = row.qwix.note
             except Exception as e:  # noqa: BLE001 - the table reports why Qwix cannot run it
                 out["qwix_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:160]}"
         rows.append(out)

@@ -10,6 +10,7 @@ The file is read locally, never from a network.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -49,10 +50,18 @@ class GGUFModel:
     metadata: dict[str, Any]
 
 
-def open_gguf(path: str | os.PathLike) -> Any:
-    """A `gguf.GGUFReader` over `path`; GGUFError naming the file when it cannot be read."""
+@functools.lru_cache(maxsize=2)
+def _reader(path: str, size: int, mtime_ns: int) -> Any:
+    """gguf.GGUFReader (read-only memmap), kept per file version: parsing the key/value section
+    of a model with a 49k-token vocabulary takes the gguf package ~10 s."""
     import gguf
 
+    del size, mtime_ns  # part of the cache key only
+    return gguf.GGUFReader(path, "r")
+
+
+def open_gguf(path: str | os.PathLike) -> Any:
+    """A `gguf.GGUFReader` over `path`; GGUFError naming the file when it cannot be read."""
     path = Path(path)
     if not path.is_file():
         raise GGUFError(f"GGUF file {str(path)!r} does not exist (or is not a file)")
@@ -64,12 +73,13 @@ def open_gguf(path: str | os.PathLike) -> Any:
     if magic != b"GGUF":
         raise GGUFError(f"{str(path)!r} is not a GGUF file: it starts with {magic!r}, "
                         "not b'GGUF'")
+    stat = path.stat()
     try:
-        reader = gguf.GGUFReader(str(path), "r")
+        reader = _reader(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
     except Exception as e:  # the gguf package raises assorted errors on damaged files
         raise GGUFError(f"GGUF file {str(path)!r} is damaged or truncated "
                         f"({type(e).__name__}: {e})") from None
-    size = path.stat().st_size
+    size = stat.st_size
     for t in reader.tensors:
         if t.data_offset + t.n_bytes > size:
             raise GGUFError(f"GGUF file {str(path)!r} is truncated: tensor {t.name!r} ends at "

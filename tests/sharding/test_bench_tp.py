@@ -12,7 +12,8 @@ import sys
 def test_bench_tp_tiny(tmp_path):
     out = tmp_path / "bench.json"
     env = dict(os.environ, JAX_PLATFORMS="cpu",
-               XLA_FLAGS="--xla_force_host_platform_device_count=2")
+               XLA_FLAGS=f"{os.environ.get('XLA_FLAGS', '')} "
+                         "--xla_force_host_platform_device_count=2".strip())
     proc = subprocess.run([sys.executable, "-m", "jaxquant.sharding.bench_tp", "--tiny",
                            "--steps", "3", "--out", str(out)],
                           capture_output=True, text=True, timeout=600, env=env)
