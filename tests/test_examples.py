@@ -25,9 +25,9 @@ SMALL_ARGS: dict[str, list[str]] = {
     "sharded_calibration.py": ["--windows", "8", "--layers", "1"],
     "calibrated_ptq.py": ["--d-model", "64", "--layers", "1", "--windows", "8"],
     "qat_smollm2.py": ["--steps", "1", "--seq-len", "32", "--batch-size", "1",
-                       "--eval-tokens", "512", "--layers", "2"],
+                       "--eval-tokens", "512", "--layers", "1"],
     "qlora_smollm2.py": ["--steps", "1", "--seq-len", "32", "--batch-size", "1",
-                         "--eval-tokens", "512", "--layers", "2"],
+                         "--eval-tokens", "512", "--layers", "1"],
 }
 
 
