@@ -90,11 +90,11 @@ def all_rows() -> list[Row]:
     return [
         *weight_only_rows("int4 g128", g128, {}),
         *weight_only_rows("int4_full g128", full, {}, mse=False),
-        *weight_only_rows("int4_full g128, f32 scales", full32, {
+        *weight_only_rows("int4_full g128 (f32 scales)", full32, {
             "rtn": QwixSetting("int4", tile_size=128),
             "gptq": QwixSetting("int4", "gptq", tile_size=128),
             "awq": QwixSetting("int4", "awq", tile_size=128)}, mse=False),
-        *weight_only_rows("int4_full g64, f32 scales",
+        *weight_only_rows("int4_full g64 (f32 scales)",
                           dataclasses.replace(full32, group_size=64), {
             "rtn": QwixSetting("int4", tile_size=64),
             "gptq": QwixSetting("int4", "gptq", tile_size=64),
