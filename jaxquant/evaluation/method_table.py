@@ -36,7 +36,7 @@ from jaxquant.recipes.schemes import WeightScheme
 
 BLOCK_TARGETS = (r"re:layers_\d+/(attn|mlp)/[a-z_]+/kernel$",)
 GPTQ_ARGS = {"act_order": True, "damp": 0.01}
-QWIX_SQ_NOTE = ("W8A16: Qwix's SqInferenceProvider leaves activations in float")
+QWIX_SQ_NOTE = "W8A16: Qwix's SqInferenceProvider leaves activations in float"
 
 
 @dataclasses.dataclass(frozen=True)
