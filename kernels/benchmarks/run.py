@@ -3,13 +3,14 @@ kernels/benchmarks/results/<YYYY-MM-DD>-<device>.json (or $OUT/... when OUT is s
 
     pip install -e . --no-deps --no-build-isolation -q   # or PYTHONPATH with jaxquant.kernels
     PYTHONUNBUFFERED=1 python -m jaxquant.kernels.benchmarks.run [w4a16] [fp8] [--decode]
-        [--tune] [--triton-max-m 16] [--small]
+        [--tune] [--triton-max-m 16] [--small] [--ms 1,128] [--kn 14336x4096,8192x8192]
 
 W4A16 rows: the weights in layout "nk" (jaxquant.inference.to_gpu_layout: the Mosaic GPU
 kernel for M <= 256, XLA's dequantize + cuBLAS above) for every shape, and the canonical
 layout (Pallas-Triton) for M <= --triton-max-m, each against XLA's bf16 dot and XLA's int4
-dequantize + dot in the same run. --tune autotunes the Mosaic configs first (cached; the cache
-file is copied to $OUT/autotune.json).
+dequantize + dot in the same run. --ms / --kn give the W4A16 shapes (the product of the M
+values and the KxN pairs; --ms alone filters the default list). --tune autotunes the Mosaic
+configs first (cached; the cache file is copied to $OUT/autotune.json).
 """
 
 from __future__ import annotations
@@ -39,6 +40,28 @@ def _opt(argv, name, default):
     return argv[argv.index(name) + 1] if name in argv else default
 
 
+def w4a16_shapes(argv: list[str]) -> list[tuple[int, int, int, int]]:
+    """(M, K, N, group) rows of the W4A16 benchmark: the default list (--decode: M <= 16,
+    --small: CPU sizes), or the product of --ms values and --kn KxN pairs."""
+    from jaxquant.kernels.w4a16 import arg_specs
+
+    shapes = arg_specs.BENCH_SHAPES
+    if "--decode" in argv:
+        shapes = arg_specs.DECODE_SHAPES
+    if "--small" in argv:
+        shapes = arg_specs.TEST_SHAPES
+    try:
+        ms = [int(v) for v in _opt(argv, "--ms", "").split(",") if v]
+        kns = [tuple(int(d) for d in v.split("x")) for v in _opt(argv, "--kn", "").split(",") if v]
+    except ValueError as e:
+        raise SystemExit(f"--ms takes integers (1,16,128), --kn KxN pairs (4096x14336): {e}")
+    if any(len(kn) != 2 for kn in kns):
+        raise SystemExit(f"--kn takes KxN pairs such as 4096x14336, got {_opt(argv, '--kn', '')}")
+    if kns:  # any (K, N), e.g. a model's own projections
+        return [(m, k, n, arg_specs.GROUP) for (k, n) in kns for m in (ms or arg_specs.MS)]
+    return [s for s in shapes if not ms or s[0] in ms]
+
+
 def main(argv):
     ops = [a for a in argv if a in ("w4a16", "fp8")] or ["w4a16", "fp8"]
     dl = H.Deadline(float(os.environ.get("BUDGET_S", "540")))
@@ -56,15 +79,10 @@ def main(argv):
     print(f"device {dev.device_kind}, jax {jax.__version__}, copy {bw / 1e12:.2f} TB/s", flush=True)
     print(" | ".join(COLS), flush=True)
     def run_w4a16():
-        from jaxquant.kernels.w4a16 import arg_specs, bench
+        from jaxquant.kernels.w4a16 import bench
 
-        shapes = arg_specs.BENCH_SHAPES
-        if "--decode" in argv:
-            shapes = arg_specs.DECODE_SHAPES
-        if "--small" in argv:
-            shapes = arg_specs.TEST_SHAPES
         by_kn = {}
-        for m, k, n, g in shapes:
+        for m, k, n, g in w4a16_shapes(argv):
             by_kn.setdefault((k, n, g), []).append(m)
         tri_max = int(_opt(argv, "--triton-max-m", "16"))
         tune = True if "--tune" in argv else None
