@@ -23,6 +23,14 @@ def scales_for_range(fmt: QuantFormat, spec: ArraySpec, lo: Array, hi: Array,
     scale comes from `tensor_amax` when given, else from the largest block range)."""
     if fmt.asymmetric:
         return asymmetric_scales(fmt, lo, hi, spec.scale_dtype)
+    codec = fmt.codec
+    if spec.clipping.signed and getattr(codec, "full_range", False):
+        # scale = max(hi / qhi, lo / qlo), passed on as the amax that symmetric_scales divides
+        # by qmax, so the storage rules downstream (rounding up, bf16) stay the same
+        qlo, qhi = codec.code_bounds
+        scale = jnp.maximum(jnp.maximum(hi, 0.0) / qhi, jnp.minimum(lo, 0.0) / qlo)
+        return symmetric_scales(fmt, scale * codec.qmax, spec.scale_dtype, spec.double_quant,
+                                tensor_amax)
     amax = jnp.maximum(jnp.abs(lo), jnp.abs(hi))
     return symmetric_scales(fmt, amax, spec.scale_dtype, spec.double_quant, tensor_amax)
 

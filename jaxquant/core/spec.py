@@ -16,6 +16,11 @@ class Clipping:
     minmax: the block's full range. percentile: the `percentile`-th percentile of |x| (or of x at
     both ends for asymmetric formats). mse: the clip ratio r in {1, 1 - s/grid, ..., 1 - max_shrink}
     that minimizes sum |x - dequant(quant(x))|^norm per block.
+    signed: on the full-range integer grids (int4_full, ...: codes [-2^(b-1), 2^(b-1) - 1]) the
+    scale maps the block's positive end onto the largest code and its negative end onto the
+    smallest, whichever needs the larger scale: max(hi / 7, -lo / 8) at 4 bits, so nothing is
+    clipped (the default amax / 7.5 clips a positive maximum by half a step). Other formats
+    ignore it.
     """
 
     method: ClipMethod = "minmax"
@@ -23,6 +28,7 @@ class Clipping:
     grid: int = 20
     max_shrink: float = 0.2
     norm: float = 2.0
+    signed: bool = False
 
 
 @dataclasses.dataclass(frozen=True)

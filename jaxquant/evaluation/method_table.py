@@ -8,8 +8,11 @@ parameter bytes and time to quantize, on the same evaluation windows.
 Settings: int4 and int4_full g128 (the w4a16 scheme on either grid; Qwix's columns on int4_full
 g128 and g64 with f32 scales, as Qwix stores them), W8A8 int8 / int8_full / FP8
 (dynamic per-token activations: RTN, SmoothQuant at alpha 0.5 and with the alpha search), int3 and
-int3_full g128, int4_full per-channel; weight-only settings with RTN (min-max range), RTN with an
-MSE-searched clip per group (int4 g128), GPTQ (act-order, MSE clip) and AWQ. Calibration uses the bundled Persuasion slice,
+int3_full g128, int4_full per-channel, int4_full g128 with the sign-aware scale; weight-only
+settings with RTN (min-max range), RTN with an MSE-searched clip per group (int4 g128), GPTQ
+(act-order, MSE clip) and AWQ; W8A8 settings also with GPTQ, SmoothQuant + GPTQ and SmoothQuant
+calibrated on float inputs; "FP8 granularity" splits FP8's error between weights and
+activations. Calibration uses the bundled Persuasion slice,
 evaluation the Emma slice. Writes JSON (date, device, settings, rows) after every row and prints
 a markdown table; `share` is a method's perplexity increase as a fraction of RTN's at the same
 setting.
@@ -55,14 +58,18 @@ def _rule(weight: WeightScheme, method: str, activation=None, **args) -> jq.Reci
     return jq.Recipe((rule,), name=f"{weight.format}-{method}")
 
 
-def weight_only_rows(setting: str, weight: WeightScheme, qwix: dict, mse: bool = True
-                     ) -> list[Row]:
-    clipped = dataclasses.replace(weight, clipping=Clipping("mse"))
+def weight_only_rows(setting: str, weight: WeightScheme, qwix: dict, mse: bool = True,
+                     float_inputs: bool = False) -> list[Row]:
+    """RTN (and with an MSE clip), GPTQ, AWQ; float_inputs adds AWQ calibrated on the float
+    model's block outputs (method_args sequential: false), as Qwix calibrates."""
+    clipped = dataclasses.replace(weight, clipping=dataclasses.replace(weight.clipping, method="mse"))
     return [
         Row(setting, "RTN", _rule(weight, "rtn"), qwix.get("rtn")),
         *([Row(setting, "RTN, MSE clip", _rule(clipped, "rtn"))] if mse else []),
         Row(setting, "GPTQ", _rule(clipped, "gptq", **GPTQ_ARGS), qwix.get("gptq")),
         Row(setting, "AWQ", _rule(weight, "awq"), qwix.get("awq")),
+        *([Row(setting, "AWQ (float inputs)", _rule(weight, "awq", sequential=False),
+               qwix.get("awq"))] if float_inputs else []),
     ]
 
 
@@ -72,11 +79,32 @@ def w8a8_rows(setting: str, preset: str, qwix: dict, fmt: str | None = None) -> 
     if fmt is not None:  # the same scheme on another grid (int8 -> int8_full)
         weight = dataclasses.replace(weight, format=fmt)
         act = dataclasses.replace(act, format=fmt)
+    clipped = dataclasses.replace(weight, clipping=dataclasses.replace(weight.clipping, method="mse"))
     return [Row(setting, "RTN", _rule(weight, "rtn", act), qwix.get("rtn")),
             Row(setting, "SmoothQuant", _rule(weight, "smoothquant", act),
                 qwix.get("smoothquant")),
             Row(setting, "SmoothQuant, auto alpha", _rule(weight, "smoothquant", act,
-                                                          alpha="auto"))]
+                                                          alpha="auto")),
+            Row(setting, "SmoothQuant (float inputs)",
+                _rule(weight, "smoothquant", act, sequential=False), qwix.get("smoothquant")),
+            Row(setting, "GPTQ", _rule(clipped, "gptq", act, **GPTQ_ARGS)),
+            Row(setting, "SmoothQuant + GPTQ", _rule(clipped, "smoothquant", act, gptq=True,
+                                                     **GPTQ_ARGS)),
+            Row(setting, "SmoothQuant, auto alpha + GPTQ",
+                _rule(clipped, "smoothquant", act, alpha="auto", gptq=True, **GPTQ_ARGS))]
+
+
+def fp8_granularity_rows() -> list[Row]:
+    """Where FP8 W8A8's error comes from: E4M3 weights alone (per channel, per 128-group; 128 x 128
+    blocks do not tile SmolLM2's 576) and with dynamic per-token E4M3 activations (RTN)."""
+    act = get_preset("fp8").rules[0].activation
+    weights = {"channel": WeightScheme("fp8_e4m3", "channel"),
+               "g128": WeightScheme("fp8_e4m3", "group", 128, ragged_groups=True)}
+    rows = []
+    for name, w in weights.items():
+        rows.append(Row("FP8 granularity", f"W {name}, A16", _rule(w, "rtn")))
+        rows.append(Row("FP8 granularity", f"W {name}, A per token", _rule(w, "rtn", act)))
+    return rows
 
 
 def all_rows() -> list[Row]:
@@ -90,6 +118,8 @@ def all_rows() -> list[Row]:
     return [
         *weight_only_rows("int4 g128", g128, {}),
         *weight_only_rows("int4_full g128", full, {}, mse=False),
+        *weight_only_rows("int4_full g128 (signed scale)",
+                          dataclasses.replace(full, clipping=Clipping(signed=True)), {}, mse=False),
         *weight_only_rows("int4_full g128 (f32 scales)", full32, {
             "rtn": QwixSetting("int4", tile_size=128),
             "gptq": QwixSetting("int4", "gptq", tile_size=128),
@@ -98,13 +128,14 @@ def all_rows() -> list[Row]:
                           dataclasses.replace(full32, group_size=64), {
             "rtn": QwixSetting("int4", tile_size=64),
             "gptq": QwixSetting("int4", "gptq", tile_size=64),
-            "awq": QwixSetting("int4", "awq", tile_size=64)}, mse=False),
+            "awq": QwixSetting("int4", "awq", tile_size=64)}, mse=False, float_inputs=True),
         *w8a8_rows("W8A8 int8", "w8a8-int8", {}),
         *w8a8_rows("W8A8 int8_full", "w8a8-int8", {
             "rtn": QwixSetting("int8", act_qtype="int8"),
             "smoothquant": QwixSetting("int8", "smoothquant", act_qtype="int8",
                                        note=QWIX_SQ_NOTE)}, "int8_full"),
         *w8a8_rows("W8A8 FP8", "fp8", {}),
+        *fp8_granularity_rows(),
         *weight_only_rows("int3 g128", dataclasses.replace(g128, format="int3"), {}, mse=False),
         *weight_only_rows("int4_full per-channel", WeightScheme("int4_full", "channel"), {
             "rtn": QwixSetting("int4"), "gptq": QwixSetting("int4", "gptq"),
@@ -141,14 +172,25 @@ def print_table(meta: dict, rows: list[dict]) -> None:
               f"{r['param_bytes']:,} | {r['quantize_seconds']:.1f} | {q} | {qs} |")
 
 
+def _names(arg: str | None) -> list[str] | None:
+    """--only / --methods: names separated by ";" when there is one (names such as "SmoothQuant,
+    auto alpha" contain commas), else by ","."""
+    if not arg:
+        return None
+    return [n.strip() for n in arg.split(";" if ";" in arg else ",")]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--max-tokens", type=int, default=8192, help="evaluation tokens")
     p.add_argument("--calib-tokens", type=int, default=8192)
     p.add_argument("--seq-len", type=int, default=512)
-    p.add_argument("--only", default=None, help="comma-separated settings, e.g. 'int4 g128'")
-    p.add_argument("--methods", default=None, help="comma-separated methods, e.g. 'RTN,GPTQ'")
+    p.add_argument("--only", default=None,
+                   help="settings, separated by ',' or ';' (e.g. 'int4 g128;W8A8 FP8')")
+    p.add_argument("--methods", default=None,
+                   help="methods, separated by ',' or ';' (e.g. 'RTN,GPTQ' or "
+                        "'SmoothQuant, auto alpha;GPTQ')")
     p.add_argument("--no-qwix", action="store_true", help="leave out the Qwix columns")
     p.add_argument("--out", default=None, help="write JSON here")
     args = p.parse_args()
@@ -168,8 +210,8 @@ def main() -> None:
             "calib_tokens": int(calib.size), "calib_text": calib_label, "seq_len": args.seq_len,
             "gptq_args": GPTQ_ARGS}
     rows: list[dict] = []
-    only = args.only.split(",") if args.only else None
-    methods = args.methods.split(",") if args.methods else None
+    only = _names(args.only)
+    methods = _names(args.methods)
     for row in all_rows():
         if (only and row.setting not in only) or (methods and row.method not in methods):
             continue

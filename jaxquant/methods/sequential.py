@@ -3,8 +3,9 @@
 For each block: run the calibration hidden states through the float block capturing every
 Dense layer's inputs into streaming statistics; apply each rule's method (SmoothQuant/AWQ
 scales folded into the preceding norm or linear, else kept as the layer's `input_smooth`; GPTQ
-from the Hessian; RTN); then compute the next block's inputs with the *quantized* block. Memory
-holds one block's activations for the calibration set.
+from the Hessian; RTN); then compute the next block's inputs with the *quantized* block (or the
+float one when every rule of the block says method_args sequential: false). Memory holds one
+block's activations for the calibration set.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from jaxquant.methods.adapters import LlamaAdapter
 from jaxquant.methods.capture import LayerStats, add_batch, captured_apply, input_groups
 from jaxquant.methods.gptq_core import GPTQFactor, gptq_factor, gptq_quantize
 from jaxquant.recipes.io import resolve_recipe
-from jaxquant.recipes.recipe import Recipe, Rule
+from jaxquant.recipes.recipe import Recipe, Rule, uses_gptq
 from jaxquant.transform import attach_activation, default_axis, quantize_leaf
 from jaxquant.tree_paths import flatten
 
@@ -63,7 +64,7 @@ def _set(tree: dict, rel: str, value: Any) -> None:
 
 def _min_tokens(stats: dict[str, LayerStats], rules: dict[str, Rule]) -> None:
     for rel, rule in rules.items():
-        if rule.method == "gptq":
+        if uses_gptq(rule):
             k = stats[rel].hessian.shape[0]
             n = int(stats[rel].count)
             if n < k:
@@ -73,9 +74,11 @@ def _min_tokens(stats: dict[str, LayerStats], rules: dict[str, Rule]) -> None:
                 )
 
 
-def _smooth_group(mapping, rules: dict[str, Rule], stats, block: dict, report, prefix) -> set[str]:
+def _smooth_group(mapping, rules: dict[str, Rule], stats, block: dict, report, prefix,
+                  applied: dict[str, Array]) -> set[str]:
     """Apply AWQ/SmoothQuant to the layers of `mapping` that share one of these methods; fold the
-    scales into the preceding op. Returns the layers handled."""
+    scales into the preceding op and record them in `applied` (layer -> s [K]). Returns the
+    layers handled."""
     method = {rules[r].method for r in mapping.layers if r in rules}
     if len(method) != 1 or method.pop() not in ("awq", "smoothquant"):
         return set()
@@ -94,6 +97,7 @@ def _smooth_group(mapping, rules: dict[str, Rule], stats, block: dict, report, p
     for r, w in zip(mapping.layers, ws):
         _get(block, r)["kernel"] = _scaled_weight(rule, w, s, st, prefix + r, r in NO_CLIP)
         report.layers[prefix + r] = {"method": rule.method, "folded_into": mapping.prev, **details}
+        applied[r] = s
     return set(mapping.layers)
 
 
@@ -129,16 +133,18 @@ def _scaled_weight(rule: Rule, w: Any, s: Any, st: LayerStats, path: str, no_cli
 
 
 def smooth_block(adapter, i: int, block: dict, rules: dict[str, Rule], stats, report
-                 ) -> tuple[dict, dict[str, Any]]:
+                 ) -> tuple[dict, dict[str, Any], dict[str, Array]]:
     """AWQ/SmoothQuant on one block's float params (a modified copy): scales folded into the
     preceding norm/linear where the adapter declares one, else returned as {layer: smooth}
-    to be stored as the layer's input_smooth. The float block computes the same function."""
+    to be stored as the layer's input_smooth. The float block computes the same function.
+    Also returns every smoothed layer's s [K] (its input is now x / s)."""
     block = jax.tree_util.tree_map(lambda x: x, block)
     prefix = adapter.block_path(i) + "/"
     handled: set[str] = set()
     smooth: dict[str, Any] = {}
+    applied: dict[str, Array] = {}
     for mapping in adapter.fold_mappings():
-        handled |= _smooth_group(mapping, rules, stats, block, report, prefix)
+        handled |= _smooth_group(mapping, rules, stats, block, report, prefix, applied)
     for rel, rule in rules.items():  # AWQ/SmoothQuant with nothing to fold into: explicit smooth
         if rule.method in ("awq", "smoothquant") and rel not in handled:
             w = _get(block, rel + "/kernel")
@@ -146,30 +152,36 @@ def smooth_block(adapter, i: int, block: dict, rules: dict[str, Rule], stats, re
             _get(block, rel)["kernel"] = _scaled_weight(rule, w, s, stats[rel], prefix + rel,
                                                         rel in NO_CLIP)
             smooth[rel] = jnp.asarray(s, jnp.float32)
+            applied[rel] = s
             report.layers[prefix + rel] = {"method": rule.method, "folded_into": "input_smooth",
                                            **details}
-    return block, smooth
+    return block, smooth, applied
 
 
 def _quantize_block(adapter, i: int, block: dict, rules: dict[str, Rule], stats, report) -> dict:
     prefix = adapter.block_path(i) + "/"
-    block, smooth = smooth_block(adapter, i, block, rules, stats, report)
+    block, smooth, applied = smooth_block(adapter, i, block, rules, stats, report)
     out = jax.tree_util.tree_map(lambda x: x, block)  # fresh nested dicts
     factors: dict[tuple, GPTQFactor] = {}  # one per shared input (q/k/v, gate/up) and settings
     for rel, rule in rules.items():
         path = prefix + rel + "/kernel"
         w = _get(block, rel + "/kernel")
-        if rule.method == "gptq":
+        if uses_gptq(rule):
             spec = rule.weight.resolve(tuple(w.shape), default_axis(path, w.ndim), path)
             args = rule.method_args
             damp, act_order = float(args.get("damp", 0.01)), bool(args.get("act_order", False))
-            key = (id(stats[rel]), damp, act_order)
+            s = applied.get(rel)
+            key = (id(stats[rel]), None if s is None else id(s), damp, act_order)
             if key not in factors:
-                factors[key] = gptq_factor(stats[rel].hessian, damp=damp, act_order=act_order)
+                h = stats[rel].hessian
+                if s is not None:  # the smoothed layer reads x / s: H -> H / (s s^T)
+                    inv = 1.0 / jnp.asarray(s, jnp.float32)
+                    h = h * inv[:, None] * inv[None, :]
+                factors[key] = gptq_factor(h, damp=damp, act_order=act_order)
             q = gptq_quantize(w, None, spec, block_size=int(args.get("block_size", 128)),
                               act_order=act_order, factor=factors[key])
             q = attach_activation(q, rule)
-            report.layers.setdefault(path[:-7], {"method": "gptq"})
+            report.layers.setdefault(path[:-7], {"method": "gptq"})["gptq"] = True
         else:
             q = quantize_leaf(path, w, rule)
             report.layers.setdefault(path[:-7], {"method": rule.method})
@@ -244,7 +256,7 @@ def block_statistics(adapter, i: int, block: dict, rules: dict[str, Rule], hidde
     if not any(r.method in CALIBRATED for r in rules.values()):
         return {}
     needs = tuple(
-        (g, k, any(rules[r].method == "gptq" for r in g if r in rules),
+        (g, k, any(uses_gptq(rules[r]) for r in g if r in rules),
          max(_sample_rows(rules.get(r)) for r in g))
         for g, k in input_groups_of(adapter, block, hidden[0]))
     stats = {g[0]: LayerStats.init(k, hessian=hess, sample_rows=rows)
@@ -253,7 +265,7 @@ def block_statistics(adapter, i: int, block: dict, rules: dict[str, Rule], hidde
     for h in hidden:
         stats = step(block, h, stats)
     out = {r: stats[g[0]] for g, *_ in needs for r in g}
-    _min_tokens(out, {r: v for r, v in rules.items() if v.method == "gptq"})
+    _min_tokens(out, {r: v for r, v in rules.items() if uses_gptq(v)})
     return out
 
 
@@ -316,10 +328,15 @@ def _quantize_blocks(adapter, params, recipe: Recipe, wins: np.ndarray,
         qblock = _quantize_block(adapter, i, block, rules, stats, report)
         params["params"][f"layers_{i}"] = qblock
         run = _forward(adapter)
-        hidden = [run({"params": qblock}, h) for h in hidden]
+        # method_args sequential: false on every rule here: the next block reads the float
+        # block's outputs (Qwix's and the original SmoothQuant/AWQ calibration), a float pass
+        # instead of the quantized block's
+        floats = bool(rules) and all(r.method_args.get("sequential", True) is False
+                                     for r in rules.values())
+        hidden = [run({"params": block if floats else qblock}, h) for h in hidden]
         report.block_seconds.append(time.perf_counter() - t0)
     # leaves outside the blocks: round to nearest under the same recipe
-    rest = Recipe(tuple(dataclasses.replace(r, method="rtn") for r in recipe.rules),
+    rest = Recipe(tuple(dataclasses.replace(r, method="rtn", method_args={}) for r in recipe.rules),
                   ignore=recipe.ignore + (r"re:(^|/)layers_\d+/",), name=recipe.name)
     import warnings
 

@@ -7,7 +7,9 @@ The W4A16 family (w4a16, w4a16-gptq, w4a16-awq) uses the full-range int4 grid (`
 scale = amax / 7.5, codes [-8, 7]), llm-compressor's W4A16 and Qwix's int4: sixteen levels
 instead of fifteen, and an export that is exactly compressed-tensors' symmetric int4.
 w4a16-gptq runs act-order with the MSE clip search choosing each group's range (what the
-README's method table measures).
+README's method table measures). w4a16-awq uses the sign-aware scale (Clipping(signed=True):
+max(hi / 7, -lo / 8) per group), which keeps the group's extreme, the channel AWQ scaled up,
+exactly on the grid (same storage; the method table's "int4_full g128 (signed scale)" row).
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ _PRESETS: dict[str, Callable[[], Recipe]] = {
     "nvfp4": lambda: _weight_only("nvfp4", WeightScheme("nvfp4", ragged_groups=True)),
     "w4a16-gptq": lambda: _with_method("w4a16-gptq", "w4a16", "gptq", Clipping("mse"),
                                        act_order=True, damp=0.01),
-    "w4a16-awq": lambda: _with_method("w4a16-awq", "w4a16", "awq"),
+    "w4a16-awq": lambda: _with_method("w4a16-awq", "w4a16", "awq", Clipping(signed=True)),
     "w8a8-smoothquant": lambda: _with_method("w8a8-smoothquant", "w8a8-int8", "smoothquant"),
     "fp8-smoothquant": lambda: _with_method("fp8-smoothquant", "fp8", "smoothquant"),
 }

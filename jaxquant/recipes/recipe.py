@@ -47,13 +47,33 @@ def _check_patterns(patterns: tuple[str, ...], where: str) -> None:
             raise RecipeError(f"{where}: invalid regex {p!r}: {e}") from None
 
 
+def uses_gptq(rule: "Rule") -> bool:
+    """The rule's weights are quantized by GPTQ: method gptq, or AWQ/SmoothQuant with
+    method_args gptq (smoothing first, then GPTQ on the smoothed weights and Hessian, as
+    llm-compressor's SmoothQuant + GPTQ W8A8 recipe)."""
+    return rule.method == "gptq" or (rule.method in ("awq", "smoothquant")
+                                     and rule.method_args.get("gptq", False) is True)
+
+
 def _check_method(rule: "Rule") -> None:
     """Methods that cannot apply to the rule's scheme fail when the recipe is built."""
     from jaxquant.formats.registry import get_format
 
     w, fmt = rule.weight, get_format(rule.weight.format)
     gran = w.resolved_granularity
-    if rule.method == "gptq":
+    seq = rule.method_args.get("sequential", True)
+    if seq not in (True, False):
+        raise RecipeError(f"method_args sequential={seq!r} must be true or false")
+    if seq is False and rule.method == "rtn":
+        raise RecipeError("method_args sequential applies to calibrated methods (gptq, awq, "
+                          "smoothquant); rtn needs no calibration")
+    then_gptq = rule.method_args.get("gptq", False)
+    if then_gptq not in (True, False):
+        raise RecipeError(f"method_args gptq={then_gptq!r} must be true or false")
+    if then_gptq and rule.method not in ("awq", "smoothquant"):
+        raise RecipeError(f"method_args gptq applies to awq and smoothquant (GPTQ on the smoothed "
+                          f"weights); for {rule.method!r} use method: gptq")
+    if uses_gptq(rule):
         if gran not in ("group", "channel") or w.channel_axes is not None:
             raise RecipeError(
                 f"method gptq cannot apply to {w.format} with {gran} scales: GPTQ updates the "
@@ -72,7 +92,7 @@ def _check_method(rule: "Rule") -> None:
         if alpha != "auto" and (isinstance(alpha, (bool, str)) or not 0.0 <= float(alpha) <= 1.0):
             raise RecipeError(f"smoothquant alpha={alpha!r} must be in [0, 1] or \"auto\" (a "
                               "search per group of layers for the least W8A8 output error)")
-    if rule.method == "gptq" and not 0 < float(rule.method_args.get("damp", 0.01)) <= 1:
+    if uses_gptq(rule) and not 0 < float(rule.method_args.get("damp", 0.01)) <= 1:
         raise RecipeError(f"gptq damp={rule.method_args['damp']} must be in (0, 1]")
 
 

@@ -26,7 +26,7 @@ from jaxquant.errors import JaxquantError
 from jaxquant.methods import sequential
 from jaxquant.methods.adapters import LlamaAdapter
 from jaxquant.methods.capture import LayerStats, captured_apply, update_stats
-from jaxquant.recipes.recipe import Recipe, Rule
+from jaxquant.recipes.recipe import Recipe, Rule, uses_gptq
 
 P = PartitionSpec
 
@@ -77,7 +77,7 @@ def dp_block_statistics(mesh: Mesh, data_axis: str, adapter: LlamaAdapter, i: in
         out = {}
         for rel, x in seen.items():
             rows = sequential.AWQ_SAMPLE_ROWS if rel in rules else 0
-            gptq = rel in rules and rules[rel].method == "gptq"
+            gptq = rel in rules and uses_gptq(rules[rel])
             st = update_stats(LayerStats.init(x.shape[-1], hessian=gptq, sample_rows=rows), x)
             out[rel] = reduce_layer_stats(st, data_axis)
         return out
@@ -88,7 +88,7 @@ def dp_block_statistics(mesh: Mesh, data_axis: str, adapter: LlamaAdapter, i: in
     for h in hidden:
         for rel, st in fn(block, h).items():
             stats[rel] = merge_stats(stats[rel], st) if rel in stats else st
-    sequential._min_tokens(stats, {r: v for r, v in rules.items() if v.method == "gptq"})
+    sequential._min_tokens(stats, {r: v for r, v in rules.items() if uses_gptq(v)})
     return stats
 
 

@@ -185,3 +185,45 @@ def test_recipe_file_and_bits_override(tmp_path):
     assert r.rules[0].weight.format == "int4_full" and r.rules[0].method == "gptq"
     assert with_overrides(r, None, 3).rules[0].weight.format == "int3_full"
     assert with_overrides(jq.get_preset("w4a16-asym"), None, 3).rules[0].weight.format == "uint3"
+
+
+@pytest.mark.parametrize("fmt", ["int4_full", "int3_full", "int8_full"])
+def test_signed_scale_clips_nothing(fmt):
+    """Clipping(signed=True): scale = max(hi / qhi, lo / qlo) per block (float64 reference), so
+    each block's positive maximum or negative minimum lands exactly on the end code and no
+    element is off by more than half a step; all-zero blocks stay zero."""
+    from jaxquant.core.spec import Clipping
+    from jaxquant.formats import get_format
+
+    qlo, qhi = get_format(fmt).codec.code_bounds
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((192, 16)).astype(np.float32)
+    x[:, 3] = np.abs(x[:, 3])  # all-positive columns and all-negative columns
+    x[:, 4] = -np.abs(x[:, 4])
+    x[:64, 5] = 0.0  # an all-zero block
+    block = (64, 1)
+    spec = ArraySpec(fmt, block, 0, "group", clipping=Clipping(signed=True))
+    q = jq.quantize_array(jnp.asarray(x), spec)
+    xb = x.astype(np.float64).reshape(3, 64, 16)
+    lo, hi = np.minimum(xb.min(1), 0.0), np.maximum(xb.max(1), 0.0)
+    ref = np.maximum(hi / qhi, lo / qlo)
+    ref = np.where(ref > 0, ref, 1.0)
+    got = np.asarray(q.block_scale(), np.float64).reshape(ref.shape)
+    np.testing.assert_allclose(got, ref, rtol=2e-7)
+    d = np.asarray(q.dequantize(jnp.float32), np.float64)
+    s = np.repeat(got, 64, axis=0)
+    assert (np.abs(d - x) <= s * (0.5 + 1e-6)).all()
+    assert (d[:64, 5] == 0).all()
+    # each block maximum of the all-positive column is exact; the default rule (amax / qmax)
+    # clips it by half a step
+    dflt = jq.quantize_array(jnp.asarray(x), ArraySpec(fmt, block, 0, "group"))
+    dd = np.asarray(dflt.dequantize(jnp.float32), np.float64)
+    top = [64 * b + int(np.argmax(x[64 * b: 64 * (b + 1), 3])) for b in range(3)]
+    np.testing.assert_allclose(d[top, 3], x[top, 3], rtol=1e-6)
+    step = np.asarray(dflt.block_scale(), np.float64).reshape(3, 16)[:, 3]
+    assert (np.abs(dd[top, 3] - x[top, 3]) > 0.45 * step).all()
+    # restricted grids ignore it
+    r = jq.quantize_array(jnp.asarray(x), ArraySpec(fmt.replace("_full", ""), block, 0, "group",
+                                                    clipping=Clipping(signed=True)))
+    r0 = jq.quantize_array(jnp.asarray(x), ArraySpec(fmt.replace("_full", ""), block, 0, "group"))
+    np.testing.assert_array_equal(np.asarray(r.qvalue), np.asarray(r0.qvalue))

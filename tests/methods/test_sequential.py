@@ -139,7 +139,7 @@ def test_folding_leaves_float_block_unchanged(model_and_data, method):
              for b in bs}
     hidden = [adapter.embed(params, tokens[:8])]
     stats = block_statistics(adapter, 0, block, rules, hidden)
-    smoothed, explicit = smooth_block(adapter, 0, block, rules, stats, CalibrationReport(0))
+    smoothed, explicit, _ = smooth_block(adapter, 0, block, rules, stats, CalibrationReport(0))
     assert explicit == {}
     module = adapter.block_module(0)
     h = hidden[0]
@@ -163,3 +163,93 @@ def test_bad_calibration_array(model_and_data):
     with pytest.raises(JaxquantError, match="calibration_tokens"):
         quantize_calibrated(model, params, "w4a16-gptq", np.zeros((0, 8), np.int32),
                             progress=False)
+
+
+def _w8a8_sq(gptq: bool, fmt: str = "int8"):
+    rule = jq.get_preset("w8a8-smoothquant").rules[0]
+    if fmt != "int8":
+        rule = dataclasses.replace(rule, weight=dataclasses.replace(rule.weight, format=fmt))
+    args = {"gptq": True, "act_order": True} if gptq else {}
+    return jq.Recipe((dataclasses.replace(rule, method_args=args),))
+
+
+def test_smoothquant_then_gptq_beats_smoothquant_rtn(model_and_data):
+    """method_args gptq: SmoothQuant's smoothing, then GPTQ on the smoothed weights with the
+    Hessian of the smoothed inputs (H / s s^T): the W8A8 model is closer to the float one than
+    SmoothQuant with round-to-nearest weights, every weight still on the int8 grid with int8
+    activations."""
+    model, params, tokens = model_and_data
+    calib, held_out = np.asarray(tokens[:16]), tokens[16:]
+    # int4 weights make the weight error large enough to compare; activations stay int8
+    sq, _ = quantize_calibrated(model, params, _w8a8_sq(False, "int4"), calib, progress=False)
+    both, report = quantize_calibrated(model, params, _w8a8_sq(True, "int4"), calib,
+                                       progress=False)
+    q = both["params"]["layers_1"]["mlp"]["down_proj"]["kernel"]
+    assert q.meta.format == "int4" and q.meta.activation.format == "int8"
+    nibbles = np.asarray(q.codes()).astype(np.int32)
+    codes = np.where(nibbles >= 8, nibbles - 16, nibbles)
+    assert codes.min() >= -7 and codes.max() <= 7
+    layer = report.layers["params/layers_1/mlp/down_proj"]
+    assert layer["method"] == "smoothquant" and layer.get("gptq") is True
+    assert _err(model, params, both, held_out) < _err(model, params, sq, held_out)
+
+
+def test_smoothed_hessian_matches_gptq_on_smoothed_inputs():
+    """GPTQ with H / (s s^T) on W * s is GPTQ of the layer that reads X / s: the same Hessian
+    (to float32 rounding) and the same output error, well below round-to-nearest's. (The codes
+    themselves may differ: one rounding flipped by float32 noise changes every later update.)"""
+    from jaxquant.core.quantize import quantize_array
+    from jaxquant.methods.gptq_core import gptq_quantize
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((512, 64)) @ rng.standard_normal((64, 64))
+    w = rng.standard_normal((64, 32))
+    s = np.exp(rng.uniform(-1, 1, 64))
+    spec = jq.WeightScheme("int4", group_size=32).resolve((64, 32), 0, "w")
+    xs, ws = x / s, w * s[:, None]
+    h_direct = (xs.T @ xs).astype(np.float32)
+    h_via = ((x.T @ x).astype(np.float32) / s[:, None] / s[None, :]).astype(np.float32)
+    np.testing.assert_allclose(h_via, h_direct, rtol=1e-4, atol=1e-4 * np.abs(h_direct).max())
+
+    def out_err(q):
+        d = np.asarray(q.dequantize(jnp.float32), np.float64)
+        return np.linalg.norm(xs @ (ws - d)) / np.linalg.norm(xs @ ws)
+
+    w32 = jnp.asarray(ws, jnp.float32)
+    direct = out_err(gptq_quantize(w32, jnp.asarray(h_direct), spec))
+    via = out_err(gptq_quantize(w32, jnp.asarray(h_via), spec))
+    rtn = out_err(quantize_array(w32, spec))
+    assert abs(via - direct) < 0.02 * direct and via < 0.8 * rtn
+
+
+def test_gptq_option_errors():
+    rule = jq.get_preset("w8a8-smoothquant").rules[0]
+    with pytest.raises(jq.RecipeError, match="gptq=.*true or false"):
+        dataclasses.replace(rule, method_args={"gptq": "yes"})
+    with pytest.raises(jq.RecipeError, match="applies to awq and smoothquant"):
+        dataclasses.replace(rule, method="rtn", method_args={"gptq": True})
+    tensor = dataclasses.replace(rule.weight, granularity="tensor")
+    with pytest.raises(jq.RecipeError, match="method gptq cannot apply"):
+        dataclasses.replace(rule, weight=tensor, method_args={"gptq": True})
+
+
+def test_float_inputs_option(model_and_data):
+    """method_args sequential: false: block 1 is calibrated on the float block 0's outputs, so
+    its statistics (here its smoothing) match those of an unquantized block 0, and the result
+    stays a valid W8A8 model close to the float one."""
+    model, params, tokens = model_and_data
+    rule = jq.get_preset("w8a8-smoothquant").rules[0]
+    floats = jq.Recipe((dataclasses.replace(rule, method_args={"sequential": False}),))
+    calib = np.asarray(tokens[:16])
+    qf, _ = quantize_calibrated(model, params, floats, calib, progress=False)
+    qs, _ = quantize_calibrated(model, params, "w8a8-smoothquant", calib, progress=False)
+    # block 0 sees the same inputs either way; block 1 differs (float vs quantized block 0)
+    l0 = lambda q: np.asarray(q["params"]["layers_0"]["input_norm"]["scale"])
+    l1 = lambda q: np.asarray(q["params"]["layers_1"]["input_norm"]["scale"])
+    np.testing.assert_array_equal(l0(qf), l0(qs))
+    assert not np.array_equal(l1(qf), l1(qs))
+    assert _err(model, params, qf, tokens[16:]) < 0.05
+    with pytest.raises(jq.RecipeError, match="sequential=.*true or false"):
+        dataclasses.replace(rule, method_args={"sequential": "no"})
+    with pytest.raises(jq.RecipeError, match="rtn needs no calibration"):
+        dataclasses.replace(rule, method="rtn", method_args={"sequential": False})

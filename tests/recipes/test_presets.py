@@ -39,3 +39,13 @@ def test_w4a16_quantizes_onto_sixteen_levels():
     s = np.repeat(np.asarray(q.block_scale(), np.float64), 128, axis=0)
     amax = np.repeat(np.abs(np.asarray(x)).reshape(2, 128, 8).max(axis=1), 128, axis=0)
     np.testing.assert_allclose(s, amax / 7.5, rtol=2**-7)  # bf16 scales, rounded up
+
+
+def test_w4a16_awq_uses_the_signed_scale_of_the_table_row():
+    rule = jq.get_preset("w4a16-awq").rules[0]
+    assert rule.weight.clipping == jq.Clipping(signed=True)
+    from jaxquant.evaluation.method_table import all_rows
+
+    row = next(r for r in all_rows() if (r.setting, r.method) == ("int4_full g128 (signed scale)",
+                                                                 "AWQ"))
+    assert row.recipe.rules[0].weight == rule.weight
