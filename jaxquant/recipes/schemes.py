@@ -75,6 +75,8 @@ class WeightScheme:
             raise RecipeError(
                 f"clipping method {self.clipping.method!r}; use minmax, percentile or mse"
             )
+        if self.clipping.signed not in (True, False):
+            raise RecipeError(f"clipping signed={self.clipping.signed!r} must be true or false")
 
     @property
     def resolved_granularity(self) -> str:

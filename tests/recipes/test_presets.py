@@ -49,3 +49,8 @@ def test_w4a16_awq_uses_the_signed_scale_of_the_table_row():
     row = next(r for r in all_rows() if (r.setting, r.method) == ("int4_full g128 (signed scale)",
                                                                  "AWQ"))
     assert row.recipe.rules[0].weight == rule.weight
+
+
+def test_signed_clipping_must_be_a_bool():
+    with pytest.raises(jq.RecipeError, match="signed='yes' must be true or false"):
+        jq.WeightScheme("int4_full", group_size=128, clipping=jq.Clipping(signed="yes"))
