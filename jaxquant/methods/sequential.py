@@ -215,14 +215,16 @@ def _sample_rows(rule: Rule | None) -> int:
 @functools.lru_cache(maxsize=8)
 def _stats_step(adapter, needs: tuple[tuple[tuple[str, ...], int, bool, int], ...]):
     """jit of one calibration batch through the float block, adding every captured input into
-    the statistics of its input group: (block, hidden, {group leader: LayerStats}) -> updated
-    statistics. needs: (group, K, hessian, sample rows) per group; only the statistics leave
-    the compiled function, never the [T, K] activations."""
+    the statistics of its input group: (block, hidden, {group leader: LayerStats}) -> (updated
+    statistics, the block's output hidden). needs: (group, K, hessian, sample rows) per group;
+    only the statistics and the output leave the compiled function, never the [T, K]
+    activations (XLA drops the output's last matmul where the caller discards it)."""
     capture = captured_apply(adapter.shared_block_module(), quantized=False)
 
-    def step(block: dict, h: Array, stats: dict[str, LayerStats]) -> dict[str, LayerStats]:
-        _, seen = capture({"params": block}, h, *adapter.block_args(h))
-        return {g[0]: add_batch(stats[g[0]], seen[g[0]]) for g, *_ in needs}
+    def step(block: dict, h: Array, stats: dict[str, LayerStats]
+             ) -> tuple[dict[str, LayerStats], Array]:
+        out, seen = capture({"params": block}, h, *adapter.block_args(h))
+        return {g[0]: add_batch(stats[g[0]], seen[g[0]]) for g, *_ in needs}, out[0]
 
     return jax.jit(step)
 
@@ -248,13 +250,16 @@ def input_groups_of(adapter, block: dict, h: Array) -> tuple[tuple[tuple[str, ..
     return _LAYOUTS[key]
 
 
-def block_statistics(adapter, i: int, block: dict, rules: dict[str, Rule], hidden: list
-                     ) -> dict[str, LayerStats]:
+def block_statistics(adapter, i: int, block: dict, rules: dict[str, Rule], hidden: list,
+                     outputs: bool = False
+                     ) -> dict[str, LayerStats] | tuple[dict[str, LayerStats], list | None]:
     """Streaming input statistics of block i's Dense layers over the calibration hidden states
     (Hessians for GPTQ layers, activation samples for AWQ and auto-alpha SmoothQuant). Layers
-    reading the same input share one LayerStats object."""
+    reading the same input share one LayerStats object. outputs=True also returns the float
+    block's outputs for every batch of `hidden` from the same pass (None when the block has
+    nothing to calibrate and no pass ran)."""
     if not any(r.method in CALIBRATED for r in rules.values()):
-        return {}
+        return ({}, None) if outputs else {}
     needs = tuple(
         (g, k, any(uses_gptq(rules[r]) for r in g if r in rules),
          max(_sample_rows(rules.get(r)) for r in g))
@@ -262,11 +267,14 @@ def block_statistics(adapter, i: int, block: dict, rules: dict[str, Rule], hidde
     stats = {g[0]: LayerStats.init(k, hessian=hess, sample_rows=rows)
              for g, k, hess, rows in needs}
     step = _stats_step(adapter, needs)
+    after = []
     for h in hidden:
-        stats = step(block, h, stats)
-    out = {r: stats[g[0]] for g, *_ in needs for r in g}
-    _min_tokens(out, {r: v for r, v in rules.items() if uses_gptq(v)})
-    return out
+        stats, out = step(block, h, stats)
+        if outputs:
+            after.append(out)
+    found = {r: stats[g[0]] for g, *_ in needs for r in g}
+    _min_tokens(found, {r: v for r, v in rules.items() if uses_gptq(v)})
+    return (found, after) if outputs else found
 
 
 def quantize_calibrated(
@@ -284,7 +292,8 @@ def quantize_calibrated(
     gptq / awq / smoothquant, calibrating on `calibration_tokens` int32 [n_windows, T].
     Layers outside the decoder blocks (e.g. an untied head) use round-to-nearest.
     place_batch puts one batch of windows on device(s); statistics(adapter, i, block, rules,
-    hidden) gathers block i's layer statistics (jaxquant.sharding swaps in data-parallel ones)."""
+    hidden, outputs=False) gathers block i's layer statistics, with outputs=True also the float
+    block's outputs (block_statistics; jaxquant.sharding swaps in data-parallel ones)."""
     recipe = resolve_recipe(recipe)
     adapter = LlamaAdapter(model)
     wins = np.asarray(calibration_tokens, np.int32)
@@ -324,16 +333,20 @@ def _quantize_blocks(adapter, params, recipe: Recipe, wins: np.ndarray,
             if found is not None:
                 used_rules.add(found[0])
                 rules[rel[: -len("/kernel")]] = found[1]
-        stats = statistics(adapter, i, block, rules, hidden)
-        qblock = _quantize_block(adapter, i, block, rules, stats, report)
-        params["params"][f"layers_{i}"] = qblock
-        run = _forward(adapter)
         # method_args sequential: false on every rule here: the next block reads the float
-        # block's outputs (Qwix's and the original SmoothQuant/AWQ calibration), a float pass
-        # instead of the quantized block's
+        # block's outputs (Qwix's and the original SmoothQuant/AWQ calibration), taken from the
+        # statistics pass itself, instead of a pass through the quantized block
         floats = bool(rules) and all(r.method_args.get("sequential", True) is False
                                      for r in rules.values())
-        hidden = [run({"params": block if floats else qblock}, h) for h in hidden]
+        stats, after = (statistics(adapter, i, block, rules, hidden, outputs=True) if floats
+                        else (statistics(adapter, i, block, rules, hidden), None))
+        qblock = _quantize_block(adapter, i, block, rules, stats, report)
+        params["params"][f"layers_{i}"] = qblock
+        if after is None:
+            run = _forward(adapter)
+            hidden = [run({"params": block if floats else qblock}, h) for h in hidden]
+        else:
+            hidden = after
         report.block_seconds.append(time.perf_counter() - t0)
     # leaves outside the blocks: round to nearest under the same recipe
     rest = Recipe(tuple(dataclasses.replace(r, method="rtn", method_args={}) for r in recipe.rules),

@@ -65,31 +65,37 @@ def reduce_layer_stats(local: LayerStats, axis_name: str) -> LayerStats:
 
 
 def dp_block_statistics(mesh: Mesh, data_axis: str, adapter: LlamaAdapter, i: int, block: dict,
-                        rules: dict[str, Rule], hidden: list) -> dict[str, LayerStats]:
+                        rules: dict[str, Rule], hidden: list, outputs: bool = False
+                        ) -> dict[str, LayerStats] | tuple[dict[str, LayerStats], list | None]:
     """sequential.block_statistics with the batch of hidden states split over `data_axis`:
-    each device captures its rows, statistics are reduced with psum / pmax / all_gather."""
+    each device captures its rows, statistics are reduced with psum / pmax / all_gather;
+    outputs=True also returns the float block's outputs per batch, sharded like `hidden`."""
     if not any(r.method in sequential.CALIBRATED for r in rules.values()):
-        return {}
+        return ({}, None) if outputs else {}
     capture = captured_apply(adapter.block_module(i), quantized=False)
 
-    def batch_stats(block: dict, h: Array) -> dict[str, LayerStats]:
-        _, seen = capture({"params": block}, h, *adapter.block_args(h))
+    def batch_stats(block: dict, h: Array) -> tuple[dict[str, LayerStats], Array]:
+        after, seen = capture({"params": block}, h, *adapter.block_args(h))
         out = {}
         for rel, x in seen.items():
             rows = sequential.AWQ_SAMPLE_ROWS if rel in rules else 0
             gptq = rel in rules and uses_gptq(rules[rel])
             st = update_stats(LayerStats.init(x.shape[-1], hessian=gptq, sample_rows=rows), x)
             out[rel] = reduce_layer_stats(st, data_axis)
-        return out
+        return out, after[0]
 
     fn = jax.jit(jax.shard_map(batch_stats, mesh=mesh, in_specs=(P(), P(data_axis)),
-                               out_specs=P(), check_vma=False))
+                               out_specs=(P(), P(data_axis)), check_vma=False))
     stats: dict[str, LayerStats] = {}
+    after = []
     for h in hidden:
-        for rel, st in fn(block, h).items():
+        found, out = fn(block, h)
+        for rel, st in found.items():
             stats[rel] = merge_stats(stats[rel], st) if rel in stats else st
+        if outputs:
+            after.append(out)
     sequential._min_tokens(stats, {r: v for r, v in rules.items() if uses_gptq(v)})
-    return stats
+    return (stats, after) if outputs else stats
 
 
 def quantize_calibrated_dp(
@@ -119,4 +125,4 @@ def quantize_calibrated_dp(
     return sequential.quantize_calibrated(
         model, params, recipe, wins, batch_size=batch_size, progress=False,
         place_batch=lambda w: jax.device_put(w, batch_sharding),
-        statistics=lambda *a: dp_block_statistics(mesh, data_axis, *a))
+        statistics=lambda *a, **kw: dp_block_statistics(mesh, data_axis, *a, **kw))

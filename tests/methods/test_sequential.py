@@ -248,6 +248,17 @@ def test_float_inputs_option(model_and_data):
     l1 = lambda q: np.asarray(q["params"]["layers_1"]["input_norm"]["scale"])
     np.testing.assert_array_equal(l0(qf), l0(qs))
     assert not np.array_equal(l1(qf), l1(qs))
+    # block 1's smoothing is SmoothQuant's on the float model's own block-1 inputs
+    from jaxquant.methods import awq_core, smoothquant_core
+    from jaxquant.methods.capture import captured_apply
+
+    _, seen = captured_apply(model, quantized=False)(params, jnp.asarray(calib))
+    blk = params["params"]["layers_1"]
+    ws = [blk["attn"][n]["kernel"] for n in ("q_proj", "k_proj", "v_proj")]
+    s = smoothquant_core.smoothing_scales(jnp.abs(seen["layers_1/attn/q_proj"]).max(0), ws,
+                                          alpha=0.5)
+    np.testing.assert_allclose(l1(qf), awq_core.fold_into_norm(blk["input_norm"]["scale"], s),
+                               rtol=1e-5)
     assert _err(model, params, qf, tokens[16:]) < 0.05
     with pytest.raises(jq.RecipeError, match="sequential=.*true or false"):
         dataclasses.replace(rule, method_args={"sequential": "no"})

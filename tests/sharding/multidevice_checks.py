@@ -218,11 +218,16 @@ def check_calibration() -> dict:
     mesh = Mesh(np.array(jax.devices()[:8]), ("data",))
     model, params, tokens = _calibration_model()
     out = {"reduction": _reduction_exact(mesh)}
-    for recipe in ("w4a16-gptq", "w4a16-awq", "w8a8-smoothquant"):
+    sq = jq.get_preset("w8a8-smoothquant").rules[0]
+    # float inputs: the next block's inputs come from the (sharded) statistics pass itself
+    floats = jq.Recipe((dataclasses.replace(sq, method_args={"sequential": False}),))
+    recipes = {"w4a16-gptq": "w4a16-gptq", "w4a16-awq": "w4a16-awq",
+               "w8a8-smoothquant": "w8a8-smoothquant", "w8a8-smoothquant-float-inputs": floats}
+    for name, recipe in recipes.items():
         ref, _ = quantize_calibrated(model, params, recipe, tokens, progress=False)
         got, report = sh.quantize_calibrated_dp(model, params, recipe, tokens, mesh)
         agree, steps = _codes_agree(got, ref)
-        out[recipe] = {"codes_identical_fraction": agree, "codes_max_step_difference": steps,
+        out[name] = {"codes_identical_fraction": agree, "codes_max_step_difference": steps,
                        "bit_exact": leaves_equal(got, ref), "tokens": report.tokens}
     # the data-parallel pipeline on a 1-device mesh is the single-device computation exactly
     one_mesh = Mesh(np.array(jax.devices()[:1]), ("data",))

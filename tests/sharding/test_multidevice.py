@@ -72,7 +72,8 @@ def test_data_parallel_statistics_reduce_exactly(multidevice):
     assert r["hessian_max_rel_err"] < 1e-6 and r["abssum_max_rel_err"] < 1e-6
 
 
-@pytest.mark.parametrize("recipe", ["w4a16-gptq", "w4a16-awq", "w8a8-smoothquant"])
+@pytest.mark.parametrize("recipe", ["w4a16-gptq", "w4a16-awq", "w8a8-smoothquant",
+                                    "w8a8-smoothquant-float-inputs"])
 def test_data_parallel_calibration_equals_one_device(multidevice, recipe):
     r = multidevice("calibration")[recipe]
     assert r["tokens"] == 256
