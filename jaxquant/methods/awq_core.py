@@ -53,6 +53,9 @@ from jaxquant.errors import FormatError, JaxquantError
 
 _HI = jax.lax.Precision.HIGHEST
 SCALE_FLOOR = 1e-4  # s >= SCALE_FLOOR * max(s) before normalization
+# grid points scored together (lax.map batch): 4 was 20-40 % faster than 1 (and than 10 or the
+# whole grid) for SmolLM2's layer shapes on a 2-core CPU, at 4x one point's intermediates
+GRID_BATCH = 4
 
 
 class AWQResult(NamedTuple):
@@ -209,7 +212,7 @@ def _search(xbar, operand, weights, specs, grid, duo_scaling, use_gram):
         return sum(_sq_error(_quant_delta(w, s, sp), operand, use_gram)
                    for w, sp in zip(w32, specs))
 
-    errors = jax.lax.map(error_at, alphas)
+    errors = jax.lax.map(error_at, alphas, batch_size=GRID_BATCH)
     best = jnp.argmin(jnp.where(jnp.isnan(errors), jnp.inf, errors))
     alpha = alphas[best]
     return AWQResult(_scales_at(alpha, xbar, wbar), alpha, errors)
@@ -319,7 +322,7 @@ def _clip_search(x, w, spec, grid, max_shrink):
         return jnp.sum(e, axis=2)  # [g0, g1]
 
     ratios = clip_ratios(grid, max_shrink)
-    errs = jax.lax.map(block_errors, ratios)  # [R, g0, g1]
+    errs = jax.lax.map(block_errors, ratios, batch_size=GRID_BATCH)  # [R, g0, g1]
     best = jnp.argmin(jnp.where(jnp.isnan(errs), jnp.inf, errs), axis=0)  # ties: larger ratio
     return ratios[best]
 

@@ -39,6 +39,7 @@ from jaxquant.core.quantize import fake_quantize
 from jaxquant.core.spec import ActivationSpec, ArraySpec
 from jaxquant.errors import JaxquantError
 from jaxquant.methods.awq_core import (
+    GRID_BATCH,
     check_spec,
     check_weights,
     fold_into_linear_outputs,
@@ -147,7 +148,7 @@ def _alpha_search(x, act_absmax, weights, wspecs, aspec, grid):
             err = err + jnp.sum((y - y_hat) ** 2)
         return err
 
-    errors = jax.lax.map(error_at, alphas)
+    errors = jax.lax.map(error_at, alphas, batch_size=GRID_BATCH)
     best = jnp.argmin(jnp.where(jnp.isnan(errors), jnp.inf, errors))
     return AlphaSearchResult(_scales(act_absmax, weights, alphas[best]), alphas[best], errors)
 
