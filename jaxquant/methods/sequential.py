@@ -213,18 +213,20 @@ def _sample_rows(rule: Rule | None) -> int:
 
 
 @functools.lru_cache(maxsize=8)
-def _stats_step(adapter, needs: tuple[tuple[tuple[str, ...], int, bool, int], ...]):
+def _stats_step(adapter, needs: tuple[tuple[tuple[str, ...], int, bool, int], ...],
+                outputs: bool):
     """jit of one calibration batch through the float block, adding every captured input into
     the statistics of its input group: (block, hidden, {group leader: LayerStats}) -> (updated
-    statistics, the block's output hidden). needs: (group, K, hessian, sample rows) per group;
-    only the statistics and the output leave the compiled function, never the [T, K]
-    activations (XLA drops the output's last matmul where the caller discards it)."""
+    statistics, the block's output hidden if `outputs` else None). needs: (group, K, hessian,
+    sample rows) per group; only these leave the compiled function, never the [T, K]
+    activations (without `outputs`, XLA drops the block's last matmul)."""
     capture = captured_apply(adapter.shared_block_module(), quantized=False)
 
     def step(block: dict, h: Array, stats: dict[str, LayerStats]
-             ) -> tuple[dict[str, LayerStats], Array]:
+             ) -> tuple[dict[str, LayerStats], Array | None]:
         out, seen = capture({"params": block}, h, *adapter.block_args(h))
-        return {g[0]: add_batch(stats[g[0]], seen[g[0]]) for g, *_ in needs}, out[0]
+        found = {g[0]: add_batch(stats[g[0]], seen[g[0]]) for g, *_ in needs}
+        return found, out[0] if outputs else None
 
     return jax.jit(step)
 
@@ -266,12 +268,11 @@ def block_statistics(adapter, i: int, block: dict, rules: dict[str, Rule], hidde
         for g, k in input_groups_of(adapter, block, hidden[0]))
     stats = {g[0]: LayerStats.init(k, hessian=hess, sample_rows=rows)
              for g, k, hess, rows in needs}
-    step = _stats_step(adapter, needs)
+    step = _stats_step(adapter, needs, outputs)
     after = []
     for h in hidden:
         stats, out = step(block, h, stats)
-        if outputs:
-            after.append(out)
+        after.append(out)
     found = {r: stats[g[0]] for g, *_ in needs for r in g}
     _min_tokens(found, {r: v for r, v in rules.items() if uses_gptq(v)})
     return (found, after) if outputs else found

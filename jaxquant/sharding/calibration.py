@@ -74,7 +74,7 @@ def dp_block_statistics(mesh: Mesh, data_axis: str, adapter: LlamaAdapter, i: in
         return ({}, None) if outputs else {}
     capture = captured_apply(adapter.block_module(i), quantized=False)
 
-    def batch_stats(block: dict, h: Array) -> tuple[dict[str, LayerStats], Array]:
+    def batch_stats(block: dict, h: Array) -> tuple[dict[str, LayerStats], Array | None]:
         after, seen = capture({"params": block}, h, *adapter.block_args(h))
         out = {}
         for rel, x in seen.items():
@@ -82,18 +82,18 @@ def dp_block_statistics(mesh: Mesh, data_axis: str, adapter: LlamaAdapter, i: in
             gptq = rel in rules and uses_gptq(rules[rel])
             st = update_stats(LayerStats.init(x.shape[-1], hessian=gptq, sample_rows=rows), x)
             out[rel] = reduce_layer_stats(st, data_axis)
-        return out, after[0]
+        return out, after[0] if outputs else None  # unreturned, its last matmul is dropped
 
     fn = jax.jit(jax.shard_map(batch_stats, mesh=mesh, in_specs=(P(), P(data_axis)),
-                               out_specs=(P(), P(data_axis)), check_vma=False))
+                               out_specs=(P(), P(data_axis) if outputs else None),
+                               check_vma=False))
     stats: dict[str, LayerStats] = {}
     after = []
     for h in hidden:
         found, out = fn(block, h)
         for rel, st in found.items():
             stats[rel] = merge_stats(stats[rel], st) if rel in stats else st
-        if outputs:
-            after.append(out)
+        after.append(out)
     sequential._min_tokens(stats, {r: v for r, v in rules.items() if uses_gptq(v)})
     return (stats, after) if outputs else stats
 
