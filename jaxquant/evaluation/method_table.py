@@ -11,9 +11,9 @@ g128 and g64 with f32 scales, as Qwix stores them), W8A8 int8 / int8_full / FP8
 int3_full g128, int4_full per-channel, int4_full g128 with the sign-aware scale; weight-only
 settings with RTN (min-max range), RTN with an MSE-searched clip per group (int4 g128), GPTQ
 (act-order, MSE clip) and AWQ; W8A8 settings also with GPTQ, SmoothQuant + GPTQ and SmoothQuant
-calibrated on float inputs; "FP8 granularity" splits FP8's error between weights and
-activations. Calibration uses the bundled Persuasion slice,
-evaluation the Emma slice. Writes JSON (date, device, settings, rows) after every row and prints
+calibrated sequentially (by default it calibrates on the float model's block outputs);
+"FP8 granularity" splits FP8's error between weights and activations. Calibration uses the
+bundled Persuasion slice, evaluation the Emma slice. Writes JSON (date, device, settings, rows) after every row and prints
 a markdown table; `share` is a method's perplexity increase as a fraction of RTN's at the same
 setting.
 """
@@ -85,8 +85,8 @@ def w8a8_rows(setting: str, preset: str, qwix: dict, fmt: str | None = None) -> 
                 qwix.get("smoothquant")),
             Row(setting, "SmoothQuant, auto alpha", _rule(weight, "smoothquant", act,
                                                           alpha="auto")),
-            Row(setting, "SmoothQuant (float inputs)",
-                _rule(weight, "smoothquant", act, sequential=False), qwix.get("smoothquant")),
+            Row(setting, "SmoothQuant (sequential)",
+                _rule(weight, "smoothquant", act, sequential=True), qwix.get("smoothquant")),
             Row(setting, "GPTQ", _rule(clipped, "gptq", act, **GPTQ_ARGS)),
             Row(setting, "SmoothQuant + GPTQ", _rule(clipped, "smoothquant", act, gptq=True,
                                                      **GPTQ_ARGS)),

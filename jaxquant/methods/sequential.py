@@ -4,7 +4,8 @@ For each block: run the calibration hidden states through the float block captur
 Dense layer's inputs into streaming statistics; apply each rule's method (SmoothQuant/AWQ
 scales folded into the preceding norm or linear, else kept as the layer's `input_smooth`; GPTQ
 from the Hessian; RTN); then compute the next block's inputs with the *quantized* block (or the
-float one when every rule of the block says method_args sequential: false). Memory holds one
+float one when no rule of the block calibrates sequentially: method_args sequential: false,
+or SmoothQuant without GPTQ by default; recipe.calibrates_sequentially). Memory holds one
 block's activations for the calibration set.
 """
 
@@ -29,7 +30,7 @@ from jaxquant.methods.adapters import LlamaAdapter
 from jaxquant.methods.capture import LayerStats, add_batch, captured_apply, input_groups
 from jaxquant.methods.gptq_core import GPTQFactor, gptq_factor, gptq_quantize
 from jaxquant.recipes.io import resolve_recipe
-from jaxquant.recipes.recipe import Recipe, Rule, uses_gptq
+from jaxquant.recipes.recipe import Recipe, Rule, calibrates_sequentially, uses_gptq
 from jaxquant.transform import attach_activation, default_axis, quantize_leaf
 from jaxquant.tree_paths import flatten
 
@@ -334,11 +335,10 @@ def _quantize_blocks(adapter, params, recipe: Recipe, wins: np.ndarray,
             if found is not None:
                 used_rules.add(found[0])
                 rules[rel[: -len("/kernel")]] = found[1]
-        # method_args sequential: false on every rule here: the next block reads the float
-        # block's outputs (Qwix's and the original SmoothQuant/AWQ calibration), taken from the
-        # statistics pass itself, instead of a pass through the quantized block
-        floats = bool(rules) and all(r.method_args.get("sequential", True) is False
-                                     for r in rules.values())
+        # no rule here calibrates sequentially: the next block reads the float block's outputs
+        # (Qwix's and the original SmoothQuant/AWQ calibration), taken from the statistics pass
+        # itself, instead of a pass through the quantized block
+        floats = bool(rules) and not any(calibrates_sequentially(r) for r in rules.values())
         stats, after = (statistics(adapter, i, block, rules, hidden, outputs=True) if floats
                         else (statistics(adapter, i, block, rules, hidden), None))
         qblock = _quantize_block(adapter, i, block, rules, stats, report)

@@ -55,6 +55,17 @@ def uses_gptq(rule: "Rule") -> bool:
                                      and rule.method_args.get("gptq", False) is True)
 
 
+def calibrates_sequentially(rule: "Rule") -> bool:
+    """Whether the block after this rule's layers is calibrated on the quantized block's outputs
+    (method_args sequential: true) or on the float block's (false). Unset, GPTQ and AWQ are
+    sequential, as GPTQ and llm-compressor run them; SmoothQuant alone is not, as in the
+    SmoothQuant paper and Qwix: its scales read only per-channel activation maxima, and the
+    second pass through the quantized block costs a forward without lowering perplexity on
+    SmolLM2 (README, 2026-12-02). SmoothQuant with method_args gptq is sequential."""
+    default = rule.method != "smoothquant" or uses_gptq(rule)
+    return rule.method_args.get("sequential", default) is True
+
+
 def _check_method(rule: "Rule") -> None:
     """Methods that cannot apply to the rule's scheme fail when the recipe is built."""
     from jaxquant.formats.registry import get_format

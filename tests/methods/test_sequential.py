@@ -234,15 +234,22 @@ def test_gptq_option_errors():
 
 
 def test_float_inputs_option(model_and_data):
-    """method_args sequential: false: block 1 is calibrated on the float block 0's outputs, so
-    its statistics (here its smoothing) match those of an unquantized block 0, and the result
-    stays a valid W8A8 model close to the float one."""
+    """SmoothQuant calibrates on float inputs unless told otherwise (method_args sequential:
+    false is its default): block 1 is calibrated on the float block 0's outputs, so its
+    smoothing matches that of an unquantized block 0, and the result stays a valid W8A8 model
+    close to the float one; sequential: true calibrates block 1 on the quantized block 0."""
     model, params, tokens = model_and_data
     rule = jq.get_preset("w8a8-smoothquant").rules[0]
     floats = jq.Recipe((dataclasses.replace(rule, method_args={"sequential": False}),))
+    stepwise = jq.Recipe((dataclasses.replace(rule, method_args={"sequential": True}),))
     calib = np.asarray(tokens[:16])
     qf, _ = quantize_calibrated(model, params, floats, calib, progress=False)
-    qs, _ = quantize_calibrated(model, params, "w8a8-smoothquant", calib, progress=False)
+    qd, _ = quantize_calibrated(model, params, "w8a8-smoothquant", calib, progress=False)
+    qs, _ = quantize_calibrated(model, params, stepwise, calib, progress=False)
+    # the preset's default
+    assert jax.tree.structure(qd) == jax.tree.structure(qf)
+    assert all(np.array_equal(np.asarray(a), np.asarray(b))
+               for a, b in zip(jax.tree.leaves(qd), jax.tree.leaves(qf)))
     # block 0 sees the same inputs either way; block 1 differs (float vs quantized block 0)
     l0 = lambda q: np.asarray(q["params"]["layers_0"]["input_norm"]["scale"])
     l1 = lambda q: np.asarray(q["params"]["layers_1"]["input_norm"]["scale"])
@@ -264,3 +271,18 @@ def test_float_inputs_option(model_and_data):
         dataclasses.replace(rule, method_args={"sequential": "no"})
     with pytest.raises(jq.RecipeError, match="rtn needs no calibration"):
         dataclasses.replace(rule, method="rtn", method_args={"sequential": False})
+
+
+def test_sequential_defaults_per_method():
+    """Unset, GPTQ and AWQ (and SmoothQuant followed by GPTQ) calibrate sequentially,
+    SmoothQuant alone on float inputs; an explicit method_args sequential always wins."""
+    from jaxquant.recipes.recipe import calibrates_sequentially
+
+    sq = jq.get_preset("w8a8-smoothquant").rules[0]
+    assert not calibrates_sequentially(sq)
+    assert calibrates_sequentially(dataclasses.replace(sq, method_args={"sequential": True}))
+    assert calibrates_sequentially(dataclasses.replace(sq, method_args={"gptq": True}))
+    assert not calibrates_sequentially(
+        dataclasses.replace(sq, method_args={"gptq": True, "sequential": False}))
+    for preset in ("w4a16-gptq", "w4a16-awq"):
+        assert calibrates_sequentially(jq.get_preset(preset).rules[0])

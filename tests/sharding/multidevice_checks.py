@@ -219,10 +219,11 @@ def check_calibration() -> dict:
     model, params, tokens = _calibration_model()
     out = {"reduction": _reduction_exact(mesh)}
     sq = jq.get_preset("w8a8-smoothquant").rules[0]
-    # float inputs: the next block's inputs come from the (sharded) statistics pass itself
-    floats = jq.Recipe((dataclasses.replace(sq, method_args={"sequential": False}),))
+    # the preset calibrates on float inputs (the next block's inputs come from the sharded
+    # statistics pass itself); sequential: true passes through each quantized block instead
+    stepwise = jq.Recipe((dataclasses.replace(sq, method_args={"sequential": True}),))
     recipes = {"w4a16-gptq": "w4a16-gptq", "w4a16-awq": "w4a16-awq",
-               "w8a8-smoothquant": "w8a8-smoothquant", "w8a8-smoothquant-float-inputs": floats}
+               "w8a8-smoothquant": "w8a8-smoothquant", "w8a8-smoothquant-sequential": stepwise}
     for name, recipe in recipes.items():
         ref, _ = quantize_calibrated(model, params, recipe, tokens, progress=False)
         got, report = sh.quantize_calibrated_dp(model, params, recipe, tokens, mesh)

@@ -73,7 +73,7 @@ def test_data_parallel_statistics_reduce_exactly(multidevice):
 
 
 @pytest.mark.parametrize("recipe", ["w4a16-gptq", "w4a16-awq", "w8a8-smoothquant",
-                                    "w8a8-smoothquant-float-inputs"])
+                                    "w8a8-smoothquant-sequential"])
 def test_data_parallel_calibration_equals_one_device(multidevice, recipe):
     r = multidevice("calibration")[recipe]
     assert r["tokens"] == 256
