@@ -116,7 +116,8 @@ def _smoothing(rule: Rule, st: LayerStats, ws: list, paths: list[str]) -> tuple[
         res = smoothquant_core.alpha_search(st.samples(), st.absmax, ws, specs, rule.activation,
                                             grid=int(args.get("grid", 10)))
     else:
-        res = awq_core.awq_search(st.samples(), ws, specs, grid=int(args.get("grid", 20)))
+        res = awq_core.awq_search(st.samples(), ws, specs, grid=int(args.get("grid", 20)),
+                                  screen=int(args.get("screen", awq_core.SCREEN)))
     return res.scales, {"alpha": float(res.alpha)}
 
 
