@@ -56,10 +56,11 @@ SCALE_FLOOR = 1e-4  # s >= SCALE_FLOOR * max(s) before normalization
 # grid points scored together (lax.map batch): 4 was 20-40 % faster than 1 (and than 10 or the
 # whole grid) for SmolLM2's layer shapes on a 2-core CPU, at 4x one point's intermediates
 GRID_BATCH = 4
-# the scale search first scores every SCREEN-th output column (an estimate, scaled to all
-# columns), then rescores RTN and the SCREEN_KEEP best alphas on every column: 9 column-passes
-# of work instead of 20 for the default grid
-SCREEN = 4
+# awq_search(screen=s > 1) first scores every s-th output column (an estimate, scaled to all
+# columns), then rescores RTN and the SCREEN_KEEP best alphas on every column: with s = 4, 9
+# column-passes of work instead of 20 for the default grid. Off by default: on SmolLM2 int4 g64
+# (2026-12-02) screen=4 made the search 1.7x faster but raised perplexity 37.89 -> 39.02
+SCREEN = 1
 SCREEN_KEEP = 3
 
 
@@ -165,7 +166,7 @@ def _check_grid(fn: str, grid) -> None:
 def _check_screen(fn: str, screen) -> None:
     if isinstance(screen, bool) or not isinstance(screen, int) or screen < 1:
         raise JaxquantError(f"{fn}: screen={screen!r}; pass an int >= 1 (1: score every alpha on "
-                            f"every output column; default {SCREEN})")
+                            f"every output column, the default)")
 
 
 def normalize_scales(s: Array) -> Array:
@@ -266,10 +267,10 @@ def awq_search(
               e.g. WeightScheme("int4", group_size=128).resolve(w.shape, 0, name).
     grid:     number of alphas, i / grid for i in 0..grid-1 (alpha = 0: plain RTN).
     duo_scaling: s = xbar^alpha / wbar^(1 - alpha) (AutoAWQ's duo scaling) instead of xbar^alpha.
-    screen:   score the grid on every screen-th output column first (weights whose columns
-              quantize independently, with >= 16 screened columns), then rescore alpha 0 (RTN)
-              and the SCREEN_KEEP best on every column and choose among those; 1: score the
-              whole grid on every column.
+    screen:   1 (default): score the whole grid on every output column. s > 1: score it on
+              every s-th column first (weights whose columns quantize independently, with >= 16
+              screened columns), then rescore alpha 0 (RTN) and the SCREEN_KEEP best on every
+              column and choose among those (faster, approximate).
     Returns AWQResult(scales f32 [K], alpha f32 scalar, errors f32 [grid]: exact where scored
     on every column, which always includes alpha 0 and the chosen alpha, elsewhere the screen's
     estimate). Jittable (spec, grid, duo_scaling and screen static).
