@@ -43,12 +43,6 @@ def variants(M, K, N, sms):
                 split = fit_split(K, max(1, round(cps * sms / (N // bn * mt))), bk)
                 out.append(MosaicConfig(block_n=bn, block_m=bm, split_k=split, stages=stages,
                                         block_k=bk))
-    for cps in cpss:  # warp-specialized: two compute warpgroups share a 2 * bn channel tile
-        for stages in stagess:
-            for bk in bks:
-                split = fit_split(K, max(1, round(cps * sms / (N // (2 * bn) * mt))), bk)
-                out.append(MosaicConfig(block_n=bn, block_m=bm, split_k=split, stages=stages,
-                                        block_k=bk, compute_wgs=2))
     seen, uniq = set(), []
     for c in out:
         if c not in seen:

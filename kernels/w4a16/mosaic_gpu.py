@@ -45,10 +45,7 @@ class MosaicConfig:
     (grid axis 2, float32 partials); stages: TMA tiles in flight per CTA; block_k: K per
     pipeline step (128 or 256); scale_mode: "weight" (scale the bf16 weight tile, one
     accumulating wgmma per step) or "epilogue" (a wgmma per group on the exact integer
-    weights into a fresh accumulator, scaled in float32: fewer per-element instructions);
-    compute_wgs: 1 (one warpgroup issues the TMA copies and computes) or 2 (warp-specialized:
-    a memory warpgroup streams tiles of 2 * block_n channels, two compute warpgroups each
-    convert and multiply block_n of them against the shared activation tile; "weight" mode)."""
+    weights into a fresh accumulator, scaled in float32: fewer per-element instructions)."""
 
     block_n: int = 128
     block_m: int = 8
@@ -56,7 +53,6 @@ class MosaicConfig:
     stages: int = 4
     block_k: int = 128
     scale_mode: str = "weight"
-    compute_wgs: int = 1
 
     def __post_init__(self):
         if self.block_n not in (64, 128, 256):
@@ -67,9 +63,6 @@ class MosaicConfig:
             raise ValueError(f"MosaicConfig.block_k must be 128 or 256, got {self.block_k}")
         if self.scale_mode not in ("weight", "epilogue"):
             raise ValueError(f"MosaicConfig.scale_mode must be 'weight' or 'epilogue', got {self.scale_mode!r}")
-        if self.compute_wgs not in (1, 2) or (self.compute_wgs == 2 and self.scale_mode != "weight"):
-            raise ValueError(f"MosaicConfig.compute_wgs must be 1 or 2 (2 with scale_mode 'weight'), "
-                             f"got {self.compute_wgs} with {self.scale_mode!r}")
         if self.split_k < 1 or self.stages < 1:
             raise ValueError(f"MosaicConfig split_k/stages must be >= 1, got {self.split_k}/{self.stages}")
 
@@ -130,9 +123,6 @@ def candidates(M: int, K: int, N: int, group_size: int, *, sms: int = 132) -> li
                                            split_k=max(1, base.split_k // 2)))
     out += [dataclasses.replace(base, split_k=2 * base.split_k),
             dataclasses.replace(base, stages=6 if M <= 16 else 2)]
-    if M > 16 and N % (2 * base.block_n) == 0:  # warp-specialized (H200: 3-12 % faster at M=128)
-        ws = dataclasses.replace(base, compute_wgs=2, stages=4, scale_mode="weight")
-        out += [ws, dataclasses.replace(ws, split_k=2 * ws.split_k)]
     seen, uniq = set(), []
     for c in out:
         c = dataclasses.replace(c, split_k=fit_split(K, c.split_k, c.block_k))
@@ -182,12 +172,6 @@ def w4a16_matmul_mosaic(x: jax.Array, qvalue: jax.Array, scale: jax.Array, zero:
     w_swz = bk // 2  # bytes per int4 row of the tile: 64 or 128
     w_tr = (plgpu.TilingTransform((8, bk)), plgpu.SwizzleTransform(w_swz))
 
-    wgs = cfg.compute_wgs
-    tile_n = wgs * bn  # output channels per CTA
-    if N % tile_n:
-        raise ValueError(f"MosaicConfig(block_n={bn}, compute_wgs={wgs}) tiles N by {tile_n}, "
-                         f"which does not divide N={N}; pick a block_n * compute_wgs dividing N")
-
     def kernel(*refs):
         if asym:
             x_gmem, w_gmem, s_gmem, z_gmem, o_gmem = refs
@@ -197,8 +181,6 @@ def w4a16_matmul_mosaic(x: jax.Array, qvalue: jax.Array, scale: jax.Array, zero:
         m = lax.axis_index("m")
         sp = lax.axis_index("s")
         k0 = sp * ksteps
-
-        wg = lax.axis_index("wg") if wgs > 1 else 0
 
         def weight_tiles(w_smem, z):
             """The step's int4 tile as bf16 integers (minus the zero point), one per group."""
@@ -216,26 +198,11 @@ def w4a16_matmul_mosaic(x: jax.Array, qvalue: jax.Array, scale: jax.Array, zero:
             xt = _transpose_ref(x_smem)
             return xt if gpb == 1 else xt.at[j * group_size:(j + 1) * group_size]
 
-        def step_weight(_, x_smem, w_smem, s_smem, *z, acc_ref, turn=None):
+        def step_weight(_, x_smem, w_smem, s_smem, *z, acc_ref):
             # the bf16 weight is scaled per group (one rounding, as the XLA reference's bf16 W)
-            if wgs == 1:
-                for j, wj in weight_tiles(w_smem, z):
-                    plgpu.wgmma(acc_ref, wj * s_smem[j, :][:, None], b_tile(x_smem, j))
-                plgpu.wgmma_wait(0)
-                return acc_ref
-            # this warpgroup's block_n channels of the shared tile; `turn` alternates the two
-            # warpgroups (ping-pong): one converts its tile while the other's wgmma runs
-            rows = pl.ds(wg * bn, bn)
-            w_smem, s_smem = w_smem.at[rows], s_smem.at[:, rows]
-            z = tuple(r.at[:, rows] for r in z)
-            pl.when(wg == 0)(turn)
-            tiles = [(j, wj * s_smem[j, :][:, None]) for j, wj in weight_tiles(w_smem, z)]
-            turn()
-            for j, wj in tiles:
-                plgpu.wgmma(acc_ref, wj, b_tile(x_smem, j))
-            pl.when(wg == 1)(turn)
+            for j, wj in weight_tiles(w_smem, z):
+                plgpu.wgmma(acc_ref, wj * s_smem[j, :][:, None], b_tile(x_smem, j))
             plgpu.wgmma_wait(0)
-            return acc_ref
 
         def step_epilogue(_, x_smem, w_smem, s_smem, *zc):
             # exact integer products per group, scaled in float32 (the scales leave the
@@ -252,34 +219,14 @@ def w4a16_matmul_mosaic(x: jax.Array, qvalue: jax.Array, scale: jax.Array, zero:
         srow = lambda k: ((k0 + k) // steps_per_group, n)
         in_specs = [
             plgpu.BlockSpec((bm, bk), lambda k: (m, k0 + k), transforms=x_tr),
-            plgpu.BlockSpec((tile_n, bk), lambda k: (n, k0 + k), transforms=w_tr),
-            plgpu.BlockSpec((gpb, tile_n), srow),
+            plgpu.BlockSpec((bn, bk), lambda k: (n, k0 + k), transforms=w_tr),
+            plgpu.BlockSpec((gpb, bn), srow),
         ]
         args = [x_gmem, w_gmem, s_gmem]
         if asym:
-            in_specs.append(plgpu.BlockSpec((gpb, tile_n), srow))
+            in_specs.append(plgpu.BlockSpec((gpb, bn), srow))
             args.append(z_gmem)
         stages = min(cfg.stages, ksteps)
-        if wgs > 1:
-            def context(pipeline):
-                acc = pl.run_scoped(lambda acc_ref: pipeline(acc_ref)[...],
-                                    plgpu.ACC((bn, bm), jnp.float32))
-                dst = o_gmem.at[sp, pl.ds(n * tile_n + wg * bn, bn), pl.ds(m * bm, bm)]
-                dst[...] = acc if split > 1 else acc.astype(o_gmem.dtype)
-
-            def pipelined(bar):
-                def turn():
-                    plgpu.barrier_arrive(bar)
-                    plgpu.barrier_wait(bar)
-
-                body = lambda _, *refs: step_weight(_, *refs[:-1], acc_ref=refs[-1], turn=turn)
-                plgpu.emit_pipeline_warp_specialized(
-                    body, grid=(ksteps,), in_specs=in_specs, max_concurrent_steps=max(2, stages),
-                    num_compute_wgs=wgs, wg_axis="wg", memory_registers=40,
-                    compute_context=context)(*args)
-
-            pl.run_scoped(pipelined, plgpu.Barrier(num_arrivals=wgs), collective_axes="wg")
-            return
         if cfg.scale_mode == "epilogue":
             init = plgpu.layout_cast(jnp.zeros((bn, bm), jnp.float32), plgpu.Layout.WGMMA)
             acc = plgpu.emit_pipeline(step_epilogue, grid=(ksteps,), in_specs=in_specs,
@@ -300,9 +247,8 @@ def w4a16_matmul_mosaic(x: jax.Array, qvalue: jax.Array, scale: jax.Array, zero:
     out = plgpu.kernel(
         kernel,
         out_type=jax.ShapeDtypeStruct((split, N, Mp), out_dtype),
-        grid=(N // tile_n, Mp // bm, split),
+        grid=(N // bn, Mp // bm, split),
         grid_names=("n", "m", "s"),
-        **({"num_threads": wgs + 1, "thread_name": "wg"} if wgs > 1 else {}),
         compiler_params=plgpu.CompilerParams(
             lowering_semantics=plgpu.LoweringSemantics.Warpgroup),
     )(*args)

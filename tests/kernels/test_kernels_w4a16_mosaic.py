@@ -21,15 +21,12 @@ ON_HOPPER = gpu_info() is not None and gpu_info()[2] >= 90
 needs_hopper = pytest.mark.skipif(not ON_HOPPER, reason="the Mosaic GPU kernel needs sm_90")
 
 # the configs a GPU run checks: default heuristic, epilogue scales, 256-wide K steps,
-# 128-channel tiles with deep split-K and few stages, the warp-specialized pipeline (a memory
-# warpgroup and two compute warpgroups)
+# 128-channel tiles with deep split-K and few stages
 CONFIGS = {
     "default": None,
     "epilogue": lambda c: dataclasses.replace(c, scale_mode="epilogue"),
     "bk256": lambda c: dataclasses.replace(c, block_k=256),
     "bn128_split": lambda c: dataclasses.replace(c, block_n=128, split_k=4, stages=2),
-    "warp_specialized": lambda c: dataclasses.replace(c, block_n=64, compute_wgs=2,
-                                                      scale_mode="weight"),
 }
 
 
@@ -69,8 +66,8 @@ def test_mosaic_matches_float64(case, cfg):
     if CONFIGS[cfg] is not None:
         base = mg.default_config(case.M, case.K, case.N, case.group)
         config = CONFIGS[cfg](base)
-        if case.N % (config.block_n * config.compute_wgs):
-            pytest.skip(f"N={case.N} does not tile by {config.block_n * config.compute_wgs}")
+        if case.N % config.block_n:
+            pytest.skip(f"N={case.N} does not tile by {config.block_n}")
     out = jax.jit(lambda a, b: w4a16_matmul(a, b, group_size=case.group,
                                             implementation="mosaic_gpu", config=config))(
         jnp.asarray(x, jnp.bfloat16), w)
@@ -127,15 +124,9 @@ def test_supported_and_configs():
         assert cands[0] == mg.default_config(m, 4096, 14336, 128)
         assert len(set(cands)) == len(cands)
         for c in cands:
-            assert (4096 // c.block_k) % c.split_k == 0
-            assert 14336 % (c.block_n * c.compute_wgs) == 0
+            assert (4096 // c.block_k) % c.split_k == 0 and 14336 % c.block_n == 0
             assert MosaicConfig.from_dict(c.to_dict()) == c
-        assert any(c.compute_wgs == 2 for c in cands) == (m > 16)
     with pytest.raises(ValueError, match="block_m"):
         MosaicConfig(block_m=12)
     with pytest.raises(ValueError, match="scale_mode"):
         MosaicConfig(scale_mode="both")
-    with pytest.raises(ValueError, match="compute_wgs"):
-        MosaicConfig(compute_wgs=2, scale_mode="epilogue")
-    with pytest.raises(ValueError, match="compute_wgs"):
-        MosaicConfig(compute_wgs=3)
