@@ -7,15 +7,16 @@ parameter bytes and time to quantize, on the same evaluation windows.
 
 Settings: int4 and int4_full g128 (the w4a16 scheme on either grid; Qwix's columns on int4_full
 g128 and g64 with f32 scales, as Qwix stores them), W8A8 int8 / int8_full / FP8
-(dynamic per-token activations: RTN, SmoothQuant at alpha 0.5 and with the alpha search), int3 and
-int3_full g128, int4_full per-channel, int4_full g128 with the sign-aware scale; weight-only
-settings with RTN (min-max range), RTN with an MSE-searched clip per group (int4 g128), GPTQ
-(act-order, MSE clip) and AWQ; W8A8 settings also with GPTQ, SmoothQuant + GPTQ and SmoothQuant
-calibrated sequentially (by default it calibrates on the float model's block outputs);
+(dynamic per-token activations: RTN, SmoothQuant at alpha 0.5 and with the alpha search), int3
+and int3_full g128, int4_full per-channel, int4_full and int3_full g128 with the sign-aware
+scale; weight-only settings with RTN (min-max range), RTN with an MSE-searched clip per group
+(int4 g128), GPTQ (act-order, MSE clip) and AWQ; W8A8 settings also with GPTQ, SmoothQuant +
+GPTQ and SmoothQuant calibrated sequentially (by default it calibrates on the float model's
+block outputs);
 "FP8 granularity" splits FP8's error between weights and activations. Calibration uses the
-bundled Persuasion slice, evaluation the Emma slice. Writes JSON (date, device, settings, rows) after every row and prints
-a markdown table; `share` is a method's perplexity increase as a fraction of RTN's at the same
-setting.
+bundled Persuasion slice, evaluation the Emma slice. Writes JSON (date, device, settings, rows)
+after every row and prints a markdown table; `share` is a method's perplexity increase as a
+fraction of RTN's at the same setting.
 """
 
 from __future__ import annotations
@@ -142,6 +143,8 @@ def all_rows() -> list[Row]:
             "awq": QwixSetting("int4", "awq")}, mse=False),
         *weight_only_rows("int3_full g128", dataclasses.replace(g128, format="int3_full"), {},
                           mse=False),
+        *weight_only_rows("int3_full g128 (signed scale)", dataclasses.replace(
+            g128, format="int3_full", clipping=Clipping(signed=True)), {}, mse=False),
     ]
 
 
