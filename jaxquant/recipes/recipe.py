@@ -103,6 +103,12 @@ def _check_method(rule: "Rule") -> None:
         if alpha != "auto" and (isinstance(alpha, (bool, str)) or not 0.0 <= float(alpha) <= 1.0):
             raise RecipeError(f"smoothquant alpha={alpha!r} must be in [0, 1] or \"auto\" (a "
                               "search per group of layers for the least W8A8 output error)")
+    screen = rule.method_args.get("screen", 1)
+    if "screen" in rule.method_args and rule.method != "awq":
+        raise RecipeError(f"method_args screen applies to awq's scale search, not {rule.method!r}")
+    if isinstance(screen, bool) or not isinstance(screen, int) or screen < 1:
+        raise RecipeError(f"awq screen={screen!r} must be an int >= 1 (1: the whole alpha grid "
+                          "on every output column; s > 1 screens it on every s-th column first)")
     if uses_gptq(rule) and not 0 < float(rule.method_args.get("damp", 0.01)) <= 1:
         raise RecipeError(f"gptq damp={rule.method_args['damp']} must be in (0, 1]")
 
