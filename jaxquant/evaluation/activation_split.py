@@ -24,18 +24,20 @@ import jaxquant as jq
 from jaxquant.cli import pipeline
 from jaxquant.core.spec import ActivationSpec
 from jaxquant.evaluation import read_text
+from jaxquant.evaluation.method_table import BLOCK_TARGETS
 from jaxquant.evaluation.perplexity import perplexity
 from jaxquant.models import LoadedModel
 from jaxquant.qat.forward import activation_interceptor
 from jaxquant.tree_paths import flatten
 
-BLOCK_LAYER = re.compile(r"(layers_\d+/(attn|mlp)/[a-z_]+)/kernel$")
+BLOCK_KERNEL = re.compile(BLOCK_TARGETS[0].removeprefix("re:"))  # the method table's layers
 PRESETS = {"fp8_e4m3": "fp8", "int8": "w8a8-int8"}
 
 
 def block_layers(params) -> list[str]:
     """Module paths ("layers_0/attn/q_proj", ...) of the decoder blocks' Dense layers."""
-    return [m.group(1) for p, _ in flatten(params)[0] if (m := BLOCK_LAYER.search(p))]
+    return [m.group(0).removesuffix("/kernel") for p, _ in flatten(params)[0]
+            if (m := BLOCK_KERNEL.search(p))]
 
 
 def activations_only_fn(model: LoadedModel, spec: ActivationSpec, layers: list[str]):
