@@ -117,7 +117,8 @@ def _smoothing(rule: Rule, st: LayerStats, ws: list, paths: list[str]) -> tuple[
                                             grid=int(args.get("grid", 10)))
     else:
         res = awq_core.awq_search(st.samples(), ws, specs, grid=int(args.get("grid", 20)),
-                                  screen=int(args.get("screen", awq_core.SCREEN)))
+                                  screen=int(args.get("screen", awq_core.SCREEN)),
+                                  duo_scaling=args.get("duo_scaling", False) is True)
     return res.scales, {"alpha": float(res.alpha)}
 
 

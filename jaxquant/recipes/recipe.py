@@ -109,6 +109,13 @@ def _check_method(rule: "Rule") -> None:
     if isinstance(screen, bool) or not isinstance(screen, int) or screen < 1:
         raise RecipeError(f"awq screen={screen!r} must be an int >= 1 (1: the whole alpha grid "
                           "on every output column; s > 1 screens it on every s-th column first)")
+    duo = rule.method_args.get("duo_scaling", False)
+    if "duo_scaling" in rule.method_args and rule.method != "awq":
+        raise RecipeError(f"method_args duo_scaling applies to awq's scale search, not "
+                          f"{rule.method!r}")
+    if not isinstance(duo, bool):
+        raise RecipeError(f"awq duo_scaling={duo!r} must be true or false (true: s = mean|x|^a / "
+                          "mean|w|^(1-a), AutoAWQ's duo scaling)")
     if uses_gptq(rule) and not 0 < float(rule.method_args.get("damp", 0.01)) <= 1:
         raise RecipeError(f"gptq damp={rule.method_args['damp']} must be in (0, 1]")
 

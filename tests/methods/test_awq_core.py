@@ -134,6 +134,26 @@ def test_errors_match_float64_reference_on_the_grid(salient, tokens):
     assert float(stats.alpha) == float(res.alpha)
 
 
+def test_gram_form_with_dead_and_duplicate_channels():
+    """A rank-deficient Gram (always-zero and duplicated input channels, T > K): the Gram-form
+    errors stay finite and match the float64 reference, and AWQ still beats RTN."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((T, K)).astype(np.float32)
+    x[:, :8] = 0.0
+    x[:, 8:16] = x[:, 16:24]
+    x[:, 40] *= 40.0
+    w = rng.standard_normal((K, N)).astype(np.float32)
+    spec = _spec()
+    res = awq_search(jnp.asarray(x), [jnp.asarray(w)], spec, grid=6)
+    errors = np.asarray(res.errors)
+    assert np.all(np.isfinite(errors))
+    rtn = _out_err64(x, w, fake_quantize(jnp.asarray(w), spec))
+    np.testing.assert_allclose(errors[0], rtn, rtol=2e-4)
+    chosen = _out_err64(x, w, _awq_w_hat(w, np.asarray(res.scales), spec))
+    np.testing.assert_allclose(errors.min(), chosen, rtol=2e-4)
+    assert chosen < rtn
+
+
 def test_several_weights_with_their_own_specs(salient):
     x, w = salient
     rng = np.random.default_rng(1)

@@ -273,13 +273,18 @@ def test_float_inputs_option(model_and_data):
         dataclasses.replace(rule, method="rtn", method_args={"sequential": False})
 
 
-def test_awq_screen_option_errors():
+def test_awq_option_errors():
     rule = jq.get_preset("w4a16-awq").rules[0]
     dataclasses.replace(rule, method_args={"screen": 4})  # valid
     with pytest.raises(jq.RecipeError, match="screen=0 must be an int"):
         dataclasses.replace(rule, method_args={"screen": 0})
     with pytest.raises(jq.RecipeError, match="screen applies to awq"):
         dataclasses.replace(rule, method="gptq", method_args={"screen": 2})
+    dataclasses.replace(rule, method_args={"duo_scaling": True})  # valid
+    with pytest.raises(jq.RecipeError, match="duo_scaling=1 must be true or false"):
+        dataclasses.replace(rule, method_args={"duo_scaling": 1})
+    with pytest.raises(jq.RecipeError, match="duo_scaling applies to awq"):
+        dataclasses.replace(rule, method="gptq", method_args={"duo_scaling": True})
 
 
 def test_sequential_defaults_per_method():
