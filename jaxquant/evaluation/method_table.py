@@ -10,7 +10,7 @@ g128 and g64 with f32 scales, as Qwix stores them), W8A8 int8 / int8_full / FP8
 (dynamic per-token activations: RTN, SmoothQuant at alpha 0.5 and with the alpha search), int3
 and int3_full g128, int4_full per-channel, int4_full and int3_full g128 with the sign-aware
 scale; weight-only settings with RTN (min-max range), RTN with an MSE-searched clip per group
-(int4 g128), GPTQ (act-order, MSE clip) and AWQ (also with duo scaling); W8A8 settings also with GPTQ, SmoothQuant +
+(int4 g128), GPTQ (act-order, MSE clip) and AWQ (also with duo scaling and with a 40-point alpha grid); W8A8 settings also with GPTQ, SmoothQuant +
 GPTQ and SmoothQuant calibrated sequentially (by default it calibrates on the float model's
 block outputs);
 "FP8 granularity" splits FP8's error between weights and activations. Calibration uses the
@@ -70,6 +70,7 @@ def weight_only_rows(setting: str, weight: WeightScheme, qwix: dict, mse: bool =
         Row(setting, "GPTQ", _rule(clipped, "gptq", **GPTQ_ARGS), qwix.get("gptq")),
         Row(setting, "AWQ", _rule(weight, "awq"), qwix.get("awq")),
         Row(setting, "AWQ, duo scaling", _rule(weight, "awq", duo_scaling=True)),
+        Row(setting, "AWQ, grid 40", _rule(weight, "awq", grid=40)),
         *([Row(setting, "AWQ (float inputs)", _rule(weight, "awq", sequential=False),
                qwix.get("awq"))] if float_inputs else []),
     ]
