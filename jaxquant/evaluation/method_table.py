@@ -10,9 +10,9 @@ g128 and g64 with f32 scales, as Qwix stores them), W8A8 int8 / int8_full / FP8
 (dynamic per-token activations: RTN, SmoothQuant at alpha 0.5 and with the alpha search), int3
 and int3_full g128, int4_full per-channel, int4_full and int3_full g128 with the sign-aware
 scale; weight-only settings with RTN (min-max range), RTN with an MSE-searched clip per group
-(int4 g128), GPTQ (act-order, MSE clip) and AWQ (also with duo scaling and with a 40-point alpha grid); W8A8 settings also with GPTQ, SmoothQuant +
-GPTQ and SmoothQuant calibrated sequentially (by default it calibrates on the float model's
-block outputs);
+(int4 g128), GPTQ (act-order, MSE clip) and AWQ (also with duo scaling and with a 40-point
+alpha grid); W8A8 settings also with GPTQ, SmoothQuant + GPTQ and SmoothQuant calibrated
+sequentially (by default it calibrates on the float model's block outputs);
 "FP8 granularity" splits FP8's error between weights and activations. Calibration uses the
 bundled Persuasion slice, evaluation the Emma slice. Writes JSON (date, device, settings, rows)
 after every row and prints a markdown table; `share` is a method's perplexity increase as a

@@ -118,7 +118,7 @@ def _smoothing(rule: Rule, st: LayerStats, ws: list, paths: list[str]) -> tuple[
     else:
         res = awq_core.awq_search(st.samples(), ws, specs, grid=int(args.get("grid", 20)),
                                   screen=int(args.get("screen", awq_core.SCREEN)),
-                                  duo_scaling=args.get("duo_scaling", False) is True)
+                                  duo_scaling=bool(args.get("duo_scaling", False)))
     return res.scales, {"alpha": float(res.alpha)}
 
 

@@ -66,6 +66,9 @@ def calibrates_sequentially(rule: "Rule") -> bool:
     return rule.method_args.get("sequential", default) is True
 
 
+AWQ_ONLY_ARGS = ("screen", "duo_scaling")  # method_args that only awq reads
+
+
 def _check_method(rule: "Rule") -> None:
     """Methods that cannot apply to the rule's scheme fail when the recipe is built."""
     from jaxquant.formats.registry import get_format
@@ -103,16 +106,15 @@ def _check_method(rule: "Rule") -> None:
         if alpha != "auto" and (isinstance(alpha, (bool, str)) or not 0.0 <= float(alpha) <= 1.0):
             raise RecipeError(f"smoothquant alpha={alpha!r} must be in [0, 1] or \"auto\" (a "
                               "search per group of layers for the least W8A8 output error)")
+    for name in AWQ_ONLY_ARGS:
+        if name in rule.method_args and rule.method != "awq":
+            raise RecipeError(f"method_args {name} applies to awq's scale search, not "
+                              f"{rule.method!r}")
     screen = rule.method_args.get("screen", 1)
-    if "screen" in rule.method_args and rule.method != "awq":
-        raise RecipeError(f"method_args screen applies to awq's scale search, not {rule.method!r}")
     if isinstance(screen, bool) or not isinstance(screen, int) or screen < 1:
         raise RecipeError(f"awq screen={screen!r} must be an int >= 1 (1: the whole alpha grid "
                           "on every output column; s > 1 screens it on every s-th column first)")
     duo = rule.method_args.get("duo_scaling", False)
-    if "duo_scaling" in rule.method_args and rule.method != "awq":
-        raise RecipeError(f"method_args duo_scaling applies to awq's scale search, not "
-                          f"{rule.method!r}")
     if not isinstance(duo, bool):
         raise RecipeError(f"awq duo_scaling={duo!r} must be true or false (true: s = mean|x|^a / "
                           "mean|w|^(1-a), AutoAWQ's duo scaling)")
