@@ -341,15 +341,17 @@ def _quantize_blocks(adapter, params, recipe: Recipe, wins: np.ndarray,
         # (Qwix's and the original SmoothQuant/AWQ calibration), taken from the statistics pass
         # itself, instead of a pass through the quantized block
         floats = bool(rules) and not any(calibrates_sequentially(r) for r in rules.values())
-        stats, after = (statistics(adapter, i, block, rules, hidden, outputs=True) if floats
+        last = i == adapter.n_blocks - 1  # nothing reads the last block's outputs
+        stats, after = (statistics(adapter, i, block, rules, hidden, outputs=True)
+                        if floats and not last
                         else (statistics(adapter, i, block, rules, hidden), None))
         qblock = _quantize_block(adapter, i, block, rules, stats, report)
         params["params"][f"layers_{i}"] = qblock
-        if after is None:
+        if after is not None:
+            hidden = after
+        elif not last:
             run = _forward(adapter)
             hidden = [run({"params": block if floats else qblock}, h) for h in hidden]
-        else:
-            hidden = after
         report.block_seconds.append(time.perf_counter() - t0)
     # leaves outside the blocks: round to nearest under the same recipe
     rest = Recipe(tuple(dataclasses.replace(r, method="rtn", method_args={}) for r in recipe.rules),
