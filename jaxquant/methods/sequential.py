@@ -114,9 +114,9 @@ def _smoothing(rule: Rule, st: LayerStats, ws: list, paths: list[str]) -> tuple[
         return smoothquant_core.smoothing_scales(st.absmax, ws, alpha=alpha), {"alpha": alpha}
     if rule.method == "smoothquant":
         res = smoothquant_core.alpha_search(st.samples(), st.absmax, ws, specs, rule.activation,
-                                            grid=int(args.get("grid", 10)))
+                                            grid=args.get("grid", 10))
     else:
-        res = awq_core.awq_search(st.samples(), ws, specs, grid=int(args.get("grid", 20)),
+        res = awq_core.awq_search(st.samples(), ws, specs, grid=args.get("grid", 20),
                                   screen=int(args.get("screen", awq_core.SCREEN)),
                                   duo_scaling=bool(args.get("duo_scaling", False)))
     return res.scales, {"alpha": float(res.alpha)}

@@ -114,6 +114,13 @@ def _check_method(rule: "Rule") -> None:
     if isinstance(screen, bool) or not isinstance(screen, int) or screen < 1:
         raise RecipeError(f"awq screen={screen!r} must be an int >= 1 (1: the whole alpha grid "
                           "on every output column; s > 1 screens it on every s-th column first)")
+    grid = rule.method_args.get("grid", 20)
+    if "grid" in rule.method_args and rule.method not in ("awq", "smoothquant"):
+        raise RecipeError(f"method_args grid sets awq's and smoothquant's alpha search, not "
+                          f"{rule.method!r}'s")
+    if isinstance(grid, bool) or not isinstance(grid, int) or grid < 1:
+        raise RecipeError(f"{rule.method} grid={grid!r} must be an int >= 1 (the number of "
+                          "alphas searched: 20 for awq, 10 for smoothquant by default)")
     duo = rule.method_args.get("duo_scaling", False)
     if not isinstance(duo, bool):
         raise RecipeError(f"awq duo_scaling={duo!r} must be true or false (true: s = mean|x|^a / "

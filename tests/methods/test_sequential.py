@@ -285,6 +285,12 @@ def test_awq_option_errors():
         dataclasses.replace(rule, method_args={"duo_scaling": 1})
     with pytest.raises(jq.RecipeError, match="duo_scaling applies to awq"):
         dataclasses.replace(rule, method="gptq", method_args={"duo_scaling": True})
+    dataclasses.replace(rule, method_args={"grid": 40})  # valid
+    for bad in (0, 40.5, "40", True):
+        with pytest.raises(jq.RecipeError, match="grid=.* must be an int >= 1"):
+            dataclasses.replace(rule, method_args={"grid": bad})
+    with pytest.raises(jq.RecipeError, match="grid sets awq's and smoothquant's"):
+        dataclasses.replace(rule, method="gptq", method_args={"grid": 20})
 
 
 def test_sequential_defaults_per_method():
