@@ -27,6 +27,7 @@ from jax import Array
 from jaxquant.core.qarray import is_qarray
 from jaxquant.errors import JaxquantError
 from jaxquant.models import kv_cache
+from jaxquant.models.attention import causal_attention, masked_attention
 from jaxquant.models.kv_cache import KVCache
 
 
@@ -109,16 +110,9 @@ class Attention(nn.Module):
                 return dense(c.d_model, "o_proj")(out.astype(c.dtype)), cache
             k, v = kv_cache.read(cache, self.layer, c.dtype)
             q_slot = cache.length + jnp.arange(t, dtype=jnp.int32)
-        else:
-            q_slot = jnp.arange(t, dtype=jnp.int32)
-        mask = jnp.arange(k.shape[1], dtype=jnp.int32)[None, :] <= q_slot[:, None]  # [T, S]
-        group = c.n_heads // c.n_kv_heads
-        qg = q.reshape(b, t, c.n_kv_heads, group, c.head_dim).astype(jnp.float32)
-        scores = jnp.einsum("btkgd,bskd->bkgts", qg, k.astype(jnp.float32))
-        scores = scores * (1.0 / float(c.head_dim) ** 0.5)
-        scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
-        probs = jax.nn.softmax(scores, axis=-1)
-        out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(jnp.float32))
+        qg = q.reshape(b, t, c.n_kv_heads, c.n_heads // c.n_kv_heads, c.head_dim)
+        out = (causal_attention(qg, k, v) if cache is None
+               else masked_attention(qg, k, v, q_slot))
         out = out.reshape(b, t, c.n_heads * c.head_dim).astype(c.dtype)
         return dense(c.d_model, "o_proj")(out), cache
 
