@@ -71,6 +71,7 @@ def weight_only_rows(setting: str, weight: WeightScheme, qwix: dict, mse: bool =
         Row(setting, "AWQ", _rule(weight, "awq"), qwix.get("awq")),
         Row(setting, "AWQ, duo scaling", _rule(weight, "awq", duo_scaling=True)),
         Row(setting, "AWQ, grid 40", _rule(weight, "awq", grid=40)),
+        Row(setting, "AWQ, refine", _rule(weight, "awq", refine=True), qwix.get("awq")),
         *([Row(setting, "AWQ (float inputs)", _rule(weight, "awq", sequential=False),
                qwix.get("awq"))] if float_inputs else []),
     ]

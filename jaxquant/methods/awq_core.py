@@ -62,6 +62,12 @@ GRID_BATCH = 4
 # (2026-12-02) screen=4 made the search 1.7x faster but raised perplexity 37.89 -> 39.02
 SCREEN = 1
 SCREEN_KEEP = 3
+# awq_search(refine=True) scores every REFINE_STEP-th alpha, then the REFINE_STEP - 1 on each side
+# of the best of those: 11 grid points instead of 20. It finds the grid's argmin whenever the
+# error is unimodal along the grid; on SmolLM2 (2026-12-03, 120 searches per setting, int4 g128
+# and int4_full g64) it chose the full grid's alpha in 240 of 240 and 118 of 120 searches.
+REFINE_STEP = 4
+REFINE = False
 
 
 class AWQResult(NamedTuple):
@@ -160,6 +166,13 @@ def _check_grid(fn: str, grid) -> None:
         raise JaxquantError(f"{fn}: grid={grid!r}; pass a positive int (20 is typical)")
 
 
+def _check_refine(fn: str, refine) -> bool:
+    if not isinstance(refine, bool):
+        raise JaxquantError(f"{fn}: refine={refine!r}; pass True (coarse-to-fine alpha search) "
+                            "or False (every alpha of the grid)")
+    return refine
+
+
 # ------------------------------------------------------------------------------ scale search
 
 
@@ -220,8 +233,38 @@ def _screened(w: Array, spec: ArraySpec, screen: int) -> Array:
     return w
 
 
-@functools.partial(jax.jit, static_argnames=("specs", "grid", "duo_scaling", "use_gram", "screen"))
-def _search(xbar, operand, weights, specs, grid, duo_scaling, use_gram, screen):
+def _batch(points: int) -> int:
+    """The divisor of `points` nearest GRID_BATCH (lax.map compiles no remainder step)."""
+    return min((d for d in range(1, points + 1) if points % d == 0),
+               key=lambda d: (abs(d - GRID_BATCH), d))
+
+
+def _score(err_fn, alphas: Array, picked: Array, errors: Array) -> Array:
+    """errors [grid] with entries `picked` (int [P]) set to err_fn at those alphas."""
+    batch = _batch(picked.shape[0])
+    return errors.at[picked].set(jax.lax.map(err_fn, alphas[picked], batch_size=batch))
+
+
+def _finite(e: Array) -> Array:
+    return jnp.where(jnp.isnan(e), jnp.inf, e)
+
+
+def _grid_errors(err_fn, alphas: Array, refine: bool) -> Array:
+    """err_fn over the grid: every alpha, or (refine, grid > 2 REFINE_STEP + 3) every
+    REFINE_STEP-th then the REFINE_STEP - 1 on each side of their best; NaN where not scored."""
+    grid = alphas.shape[0]
+    if not refine or grid <= 2 * REFINE_STEP + 3:
+        return jax.lax.map(err_fn, alphas, batch_size=GRID_BATCH)
+    coarse = jnp.arange(0, grid, REFINE_STEP)
+    errors = _score(err_fn, alphas, coarse, jnp.full((grid,), jnp.nan, jnp.float32))
+    best = coarse[jnp.argmin(_finite(errors[coarse]))]
+    offsets = jnp.array([d for d in range(1 - REFINE_STEP, REFINE_STEP) if d], jnp.int32)
+    return _score(err_fn, alphas, jnp.clip(best + offsets, 0, grid - 1), errors)
+
+
+@functools.partial(jax.jit, static_argnames=("specs", "grid", "duo_scaling", "use_gram", "screen",
+                                             "refine"))
+def _search(xbar, operand, weights, specs, grid, duo_scaling, use_gram, screen, refine):
     w32 = tuple(w.astype(jnp.float32) for w in weights)
     xbar = jnp.maximum(xbar.astype(jnp.float32), 0.0)
     wbar = _block_normalized_absmean(w32, specs) if duo_scaling else None
@@ -234,18 +277,16 @@ def _search(xbar, operand, weights, specs, grid, duo_scaling, use_gram, screen):
                        for w, sp, n in zip(ws, specs, (w.shape[1] for w in w32)))
         return err
 
-    finite = lambda e: jnp.where(jnp.isnan(e), jnp.inf, e)
     screen = screen if grid > SCREEN_KEEP + 1 else 1
     subset = tuple(_screened(w, sp, screen) for w, sp in zip(w32, specs))
-    errors = jax.lax.map(error_at(subset), alphas, batch_size=GRID_BATCH)
+    errors = _grid_errors(error_at(subset), alphas, refine)
     if all(a is b for a, b in zip(subset, w32)):  # nothing screened: errors are exact
-        best = jnp.argmin(finite(errors))
+        best = jnp.argmin(_finite(errors))
     else:  # rescore RTN (alpha 0) and the screen's best SCREEN_KEEP on every column
-        rest = jnp.argsort(finite(errors[1:]), stable=True)[:SCREEN_KEEP] + 1
+        rest = jnp.argsort(_finite(errors[1:]), stable=True)[:SCREEN_KEEP] + 1
         picked = jnp.concatenate([jnp.zeros((1,), rest.dtype), rest])
-        exact = jax.lax.map(error_at(w32), alphas[picked], batch_size=GRID_BATCH)
-        errors = errors.at[picked].set(exact)
-        best = picked[jnp.argmin(finite(exact))]
+        errors = _score(error_at(w32), alphas, picked, errors)
+        best = picked[jnp.argmin(_finite(errors[picked]))]
     alpha = alphas[best]
     return AWQResult(_scales_at(alpha, xbar, wbar), alpha, errors)
 
@@ -258,6 +299,7 @@ def awq_search(
     grid: int = 20,
     duo_scaling: bool = False,
     screen: int = SCREEN,
+    refine: bool = REFINE,
 ) -> AWQResult:
     """Search AWQ's per-input-channel scales for the layers `weights` that all read x.
 
@@ -271,9 +313,13 @@ def awq_search(
               every s-th column first (weights whose columns quantize independently, with >= 16
               screened columns), then rescore alpha 0 (RTN) and the SCREEN_KEEP best on every
               column and choose among those (faster, approximate).
+    refine:   False (default): score every alpha of the grid. True: every REFINE_STEP-th alpha,
+              then the REFINE_STEP - 1 on each side of their best (11 of 20 points; the grid's
+              argmin whenever the error is unimodal along it).
     Returns AWQResult(scales f32 [K], alpha f32 scalar, errors f32 [grid]: exact where scored
     on every column, which always includes alpha 0 and the chosen alpha, elsewhere the screen's
-    estimate). Jittable (spec, grid, duo_scaling and screen static).
+    estimate, NaN at alphas refine skipped). Jittable (spec, grid, duo_scaling, screen and
+    refine static).
     """
     fn = "awq_search"
     k = _check_x(fn, x)
@@ -285,7 +331,8 @@ def awq_search(
     xbar = jnp.mean(jnp.abs(x32), axis=0)
     use_gram = x.shape[0] > k
     operand = jnp.dot(x32.T, x32, precision=_HI) if use_gram else x32
-    return _search(xbar, operand, weights, specs, grid, bool(duo_scaling), use_gram, screen)
+    return _search(xbar, operand, weights, specs, grid, bool(duo_scaling), use_gram, screen,
+                   _check_refine(fn, refine))
 
 
 def awq_search_from_stats(
@@ -297,6 +344,7 @@ def awq_search_from_stats(
     grid: int = 20,
     duo_scaling: bool = False,
     screen: int = SCREEN,
+    refine: bool = REFINE,
 ) -> AWQResult:
     """awq_search from accumulated statistics instead of the activations themselves.
 
@@ -319,7 +367,7 @@ def awq_search_from_stats(
     _check_grid(fn, grid)
     _check_screen(fn, screen)
     return _search(jnp.asarray(x_absmean, jnp.float32), jnp.asarray(gram, jnp.float32), weights,
-                   specs, grid, bool(duo_scaling), True, screen)
+                   specs, grid, bool(duo_scaling), True, screen, _check_refine(fn, refine))
 
 
 # ------------------------------------------------------------------------------- clip search

@@ -118,7 +118,8 @@ def _smoothing(rule: Rule, st: LayerStats, ws: list, paths: list[str]) -> tuple[
     else:
         res = awq_core.awq_search(st.samples(), ws, specs, grid=args.get("grid", 20),
                                   screen=int(args.get("screen", awq_core.SCREEN)),
-                                  duo_scaling=bool(args.get("duo_scaling", False)))
+                                  duo_scaling=bool(args.get("duo_scaling", False)),
+                                  refine=args.get("refine", awq_core.REFINE))
     return res.scales, {"alpha": float(res.alpha)}
 
 

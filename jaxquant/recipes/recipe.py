@@ -66,7 +66,7 @@ def calibrates_sequentially(rule: "Rule") -> bool:
     return rule.method_args.get("sequential", default) is True
 
 
-AWQ_ONLY_ARGS = ("screen", "duo_scaling")  # method_args that only awq reads
+AWQ_ONLY_ARGS = ("screen", "duo_scaling", "refine")  # method_args that only awq reads
 
 
 def _check_method(rule: "Rule") -> None:
@@ -125,6 +125,10 @@ def _check_method(rule: "Rule") -> None:
     if not isinstance(duo, bool):
         raise RecipeError(f"awq duo_scaling={duo!r} must be true or false (true: s = mean|x|^a / "
                           "mean|w|^(1-a), AutoAWQ's duo scaling)")
+    refine = rule.method_args.get("refine", False)
+    if not isinstance(refine, bool):
+        raise RecipeError(f"awq refine={refine!r} must be true or false (true: every 4th alpha "
+                          "of the grid, then the 3 on each side of their best)")
     if uses_gptq(rule) and not 0 < float(rule.method_args.get("damp", 0.01)) <= 1:
         raise RecipeError(f"gptq damp={rule.method_args['damp']} must be in (0, 1]")
 

@@ -103,6 +103,38 @@ def test_screened_search_matches_exhaustive(seed):
     np.testing.assert_allclose(float(fast.errors[0]), float(full.errors[0]), rtol=1e-5)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_refined_search_scores_11_points_and_finds_the_grid_minimum(seed):
+    """refine=True scores alphas 0, 4, 8, 12, 16 (of 20) and the 3 on each side of their best;
+    on these correlated activations (error unimodal along the grid) it picks the exhaustive
+    grid's alpha, with the same errors where it scored and NaN elsewhere."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((T, K)).astype(np.float32)
+    x[:, rng.choice(K, 6, replace=False)] *= 30.0
+    w = rng.standard_normal((K, N)).astype(np.float32)
+    spec = _spec(group=64)
+    full = awq_search(jnp.asarray(x), [jnp.asarray(w)], spec, grid=20)
+    fast = awq_search(jnp.asarray(x), [jnp.asarray(w)], spec, grid=20, refine=True)
+    e_full, e_fast = np.asarray(full.errors), np.asarray(fast.errors)
+    scored = np.flatnonzero(~np.isnan(e_fast))
+    assert 0 in scored and len(scored) <= 11 and set(range(0, 20, 4)) <= set(scored)
+    np.testing.assert_allclose(e_fast[scored], e_full[scored], rtol=1e-5)
+    assert float(fast.alpha) == float(full.alpha)
+    np.testing.assert_array_equal(np.asarray(fast.scales), np.asarray(full.scales))
+    # composes with the column screen: RTN and the chosen alpha exact on every column
+    both = awq_search(jnp.asarray(x), [jnp.asarray(w)], spec, grid=20, refine=True, screen=4)
+    i = round(float(both.alpha) * 20)
+    np.testing.assert_allclose(float(both.errors[i]), e_full[i], rtol=1e-5)
+    np.testing.assert_allclose(float(both.errors[0]), e_full[0], rtol=1e-5)
+
+
+def test_refine_on_a_small_grid_scores_every_point(salient):
+    x, w = salient
+    res = awq_search(jnp.asarray(x), [jnp.asarray(w)], _spec(), grid=8, refine=True)
+    full = awq_search(jnp.asarray(x), [jnp.asarray(w)], _spec(), grid=8)
+    np.testing.assert_array_equal(np.asarray(res.errors), np.asarray(full.errors))
+
+
 def test_alpha_zero_is_rtn(salient):
     x, w = salient
     spec = _spec()
@@ -315,6 +347,8 @@ def test_bad_inputs():
         awq_search(x, [w], spec, grid=0)
     with pytest.raises(JaxquantError, match="screen=0"):
         awq_search(x, [w], spec, screen=0)
+    with pytest.raises(JaxquantError, match="refine=1"):
+        awq_search(x, [w], spec, refine=1)
     with pytest.raises(JaxquantError, match="2 specs for 1 weights"):
         awq_search(x, [w], [spec, spec])
     with pytest.raises(FormatError, match="ArraySpec"):

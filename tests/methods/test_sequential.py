@@ -285,6 +285,11 @@ def test_awq_option_errors():
         dataclasses.replace(rule, method_args={"duo_scaling": 1})
     with pytest.raises(jq.RecipeError, match="duo_scaling applies to awq"):
         dataclasses.replace(rule, method="gptq", method_args={"duo_scaling": True})
+    dataclasses.replace(rule, method_args={"refine": True})  # valid
+    with pytest.raises(jq.RecipeError, match="refine='yes' must be true or false"):
+        dataclasses.replace(rule, method_args={"refine": "yes"})
+    with pytest.raises(jq.RecipeError, match="refine applies to awq"):
+        dataclasses.replace(rule, method="gptq", method_args={"refine": True})
     dataclasses.replace(rule, method_args={"grid": 40})  # valid
     for bad in (0, 40.5, "40", True):
         with pytest.raises(jq.RecipeError, match="grid=.* must be an int >= 1"):
