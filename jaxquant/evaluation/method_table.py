@@ -3,7 +3,7 @@ parameter bytes and time to quantize, on the same evaluation windows.
 
     pip install "jaxquant[bench]"     # qwix, for the side-by-side columns (else --no-qwix)
     python -m jaxquant.evaluation.method_table [--max-tokens 8192] [--calib-tokens 8192]
-        [--only "int4 g128"] [--methods RTN,GPTQ] [--no-qwix] [--out results.json]
+        [--calib-text FILE] [--only "int4 g128"] [--methods RTN,GPTQ] [--no-qwix] [--out results.json]
 
 Settings: int4 and int4_full g128 (the w4a16 scheme on either grid; Qwix's columns on int4_full
 g128 and g64 with f32 scales, as Qwix stores them), W8A8 int8 / int8_full / FP8
@@ -191,6 +191,9 @@ def main() -> None:
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--max-tokens", type=int, default=8192, help="evaluation tokens")
     p.add_argument("--calib-tokens", type=int, default=8192)
+    p.add_argument("--calib-text", default=None,
+                   help="calibration text file for both libraries (default: the bundled "
+                        "Persuasion slice, which never overlaps the evaluation text)")
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--only", default=None,
                    help="settings, separated by ',' or ';' (e.g. 'int4 g128;W8A8 FP8')")
@@ -204,7 +207,8 @@ def main() -> None:
     model = pipeline.cached_model(args.model)
     text, eval_label = read_text(None)
     tokens = model.tokenizer.encode(text)
-    calib, calib_label = pipeline.calibration_windows(model, text=None, tokens=args.calib_tokens,
+    calib, calib_label = pipeline.calibration_windows(model, text=args.calib_text,
+                                                      tokens=args.calib_tokens,
                                                       seq_len=args.seq_len)
     kw = dict(seq_len=args.seq_len, batch_size=4, max_tokens=args.max_tokens)
     base = pipeline.evaluate(model, model.params, tokens, desc="original", **kw)
@@ -222,6 +226,7 @@ def main() -> None:
         if (only and row.setting not in only) or (methods and row.method not in methods):
             continue
         qp, secs, _ = pipeline.quantize_model(model, args.model, row.recipe,
+                                              calib_text=args.calib_text,
                                               calib_tokens=args.calib_tokens, progress=False)
         r = pipeline.evaluate(model, qp, tokens, desc=f"{row.setting} {row.method}", **kw)
         out = {"setting": row.setting, "method": row.method, "perplexity": r.ppl,
