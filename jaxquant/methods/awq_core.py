@@ -406,7 +406,11 @@ def _clip_search(x, w, spec, grid, max_shrink):
     def block_errors(ratio):
         delta = w32 - fake_quantize(_clip_blocks(w32, lo, hi, ratio, spec), spec)
         dg = jnp.pad(delta, ((0, g0 * b0 - k), (0, 0))).reshape(g0, b0, n)
-        e = jnp.sum(dg * jnp.einsum("gij,gjn->gin", gram, dg, precision=_HI), axis=1)  # [g0, n]
+        if g0 == 1:  # one block along K (per channel): a plain matmul, 2-3x faster on CPU
+            y = jnp.dot(gram[0], dg[0], precision=_HI)[None]
+        else:
+            y = jnp.einsum("gij,gjn->gin", gram, dg, precision=_HI)
+        e = jnp.sum(dg * y, axis=1)  # [g0, n]
         e = jnp.pad(e, ((0, 0), (0, g1 * b1 - n))).reshape(g0, g1, b1)
         return jnp.sum(e, axis=2)  # [g0, g1]
 
