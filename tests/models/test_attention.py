@@ -2,15 +2,7 @@
 
 import numpy as np
 import pytest
-import jax
 import jax.numpy as jnp
-
-
-@pytest.fixture(autouse=True)
-def full_f32_matmuls():
-    """The math at full f32 precision (GPUs default f32 dots to TF32, ~1e-3 relative)."""
-    with jax.default_matmul_precision("float32"):
-        yield
 
 from jaxquant.models import attention
 
