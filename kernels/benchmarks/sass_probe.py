@@ -22,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxquant.kernels.benchmarks import harness as H
-from jaxquant.kernels.w4a16 import bench
+from jaxquant.kernels.w4a16 import bench, wgmma_tiles
 from jaxquant.kernels.w4a16.mosaic_gpu import MosaicConfig, default_config, w4a16_matmul_mosaic
 
 _INSTR = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)([^;]*);")
@@ -68,28 +68,31 @@ def main(argv=None):
     M, K, N = (int(v) for v in args.mkn.split("x"))
     g = 128
     base = default_config(M, K, N, g)
-    configs = {"weight": base, "epilogue": MosaicConfig(**{**base.to_dict(), "scale_mode": "epilogue"})}
+    epi = MosaicConfig(**{**base.to_dict(), "scale_mode": "epilogue"})
+    configs = {"weight": (base, False), "epilogue": (epi, False), "wgmma layout": (epi, True)}
     ss = bench.ShapeSet(K, N, g, layout="nk")
     x = jnp.asarray(np.random.default_rng(0).standard_normal((M, K)), jnp.bfloat16)
     ref = np.asarray(x, np.float64) @ ss.W64
     rows = []
-    for name, cfg in configs.items():
+    ws_wg = [(wgmma_tiles.pack(w.qvalue.astype(jnp.int8)), w.scale, w.zero_point) for w in ss.ws]
+    ws_nk = [(w.qvalue, w.scale, w.zero_point) for w in ss.ws]
+    for name, (cfg, shuffled) in configs.items():
+        ws = ws_wg if shuffled else ws_nk
         d = os.path.join(args.out, name)
         os.makedirs(d, exist_ok=True)
-        fn = lambda x, w, cfg=cfg: w4a16_matmul_mosaic(
-            x, w.qvalue, w.scale, w.zero_point, group_size=g, config=cfg)
+        fn = lambda x, w, cfg=cfg: w4a16_matmul_mosaic(x, w[0], w[1], w[2], group_size=g, config=cfg)
         os.environ["MOSAIC_GPU_DUMP_SASS"] = "1"
         os.environ["MOSAIC_GPU_DUMP_TO"] = d
-        y = np.asarray(jax.jit(fn)(x, ss.ws[0]), np.float64)
+        y = np.asarray(jax.jit(fn)(x, ws[0]), np.float64)
         del os.environ["MOSAIC_GPU_DUMP_SASS"], os.environ["MOSAIC_GPU_DUMP_TO"]
         err = H.rel_err(y, ref)
-        us = H.time_fn(fn, x, ss.ws)[0]
-        dev_us = H.device_time(fn, x, ss.ws)[0]
+        us = H.time_fn(fn, x, ws)[0]
+        dev_us = H.device_time(fn, x, ws)[0]
         texts = [open(t, errors="replace").read() for t in glob.glob(os.path.join(d, "*"))]
         text = max((t for t in texts if _INSTR.search(t)), key=len, default="")
         instrs = parse_sass(text)
         loop = hottest_loop(instrs, text)
-        row = dict(config=name, cfg=cfg.to_dict(), M=M, K=K, N=N, rel_err=err, us=us,
+        row = dict(config=name, cfg=cfg.to_dict(), shuffled=shuffled, M=M, K=K, N=N, rel_err=err, us=us,
                    dev_us=dev_us, total_instrs=len(instrs), loop_instrs=len(loop),
                    loop_histogram=histogram(loop), files=sorted(os.listdir(d)))
         rows.append(row)
