@@ -31,7 +31,6 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 from jaxquant.kernels._common import cdiv
@@ -145,47 +144,6 @@ def _transpose_ref(ref):
     return plgpu.transpose_ref(ref, (1, 0))
 
 
-def _wgmma_tile_loader(bn: int, bk: int):
-    """inline_mgpu function: the SMEM tile int32 [bn/64, bk/128, 4, 256] of layout "wgmma"
-    -> bf16 [bn, bk] in the WGMMA register layout, each value 136 + q (wgmma_tiles.py)."""
-    from jax.experimental.mosaic import gpu as mgpu
-    from jax.experimental.mosaic.gpu import fragmented_array as fa
-    from jax.experimental.mosaic.gpu import utils as mu
-    from jax.experimental.pallas import mosaic_gpu as plgpu
-    from jaxlib.mlir import ir
-    from jaxlib.mlir.dialects import arith, vector
-
-    @plgpu.inline_mgpu(arg_types=(plgpu.RefType(),),
-                       return_type=plgpu.ShapeDtypeStruct((bn, bk), jnp.bfloat16,
-                                                          plgpu.Layout.WGMMA))
-    def load(_, w_ref):
-        i32, idx = ir.IntegerType.get_signless(32), ir.IndexType.get()
-        ci = lambda v: mu.c(v, i32)
-        t = arith.remui(mu.thread_idx(), ci(128))
-        row = arith.index_cast(idx, arith.divui(t, ci(64)))
-        col = arith.index_cast(idx, arith.muli(arith.remui(t, ci(64)), ci(4)))
-        vec_ty = ir.VectorType.get((4,), i32)
-        bf2 = ir.VectorType.get((2,), ir.BF16Type.get())
-        layout = fa.WGMMA_LAYOUT
-        regs = np.empty(layout.registers_shape((bn, bk)), dtype=object)
-        for rb in range(bn // 64):
-            for kb in range(bk // 128):
-                for h in range(2):
-                    r_h = arith.addi(row, mu.c(2 * h, idx))
-                    words = vector.load(vec_ty, w_ref, [mu.c(rb, idx), mu.c(kb, idx), r_h, col])
-                    for i in range(4):
-                        word = vector.extract(words, [], [i])
-                        j = 4 * h + i
-                        for p in range(4):
-                            sh = word if p == 0 else arith.shrui(word, ci(4 * p))
-                            v = arith.xori(arith.andi(sh, ci(0x000F000F)), ci(0x43084308))
-                            cb, rh = divmod(4 * j + p, 2)
-                            regs[rb, 16 * kb + cb, 0, 0, rh, 0, 0, 0, 0] = mu.bitcast(v, bf2)
-        return mgpu.FragmentedArray(_registers=regs, _layout=layout, _is_signed=None)
-
-    return load
-
-
 def w4a16_matmul_mosaic(x: jax.Array, qvalue: jax.Array, scale: jax.Array, zero: jax.Array | None,
                         *, group_size: int, config: MosaicConfig, pad_x: bool = False) -> jax.Array:
     """x [M, K] bf16, qvalue int4 [N, K], scale bf16 [G, N], zero bf16 [G, N] or None ->
@@ -194,8 +152,7 @@ def w4a16_matmul_mosaic(x: jax.Array, qvalue: jax.Array, scale: jax.Array, zero:
     from jax.experimental.pallas import mosaic_gpu as plgpu
 
     M, K = x.shape
-    shuffled = qvalue.ndim == 4  # layout "wgmma" (wgmma_tiles.py)
-    N = qvalue.shape[0] * 64 if shuffled else qvalue.shape[0]
+    N = qvalue.shape[0]
     cfg = config
     bn, bm = cfg.block_n, cfg.block_m
     Mp = cdiv(M, bm) * bm
@@ -210,7 +167,6 @@ def w4a16_matmul_mosaic(x: jax.Array, qvalue: jax.Array, scale: jax.Array, zero:
     gpb = bk // group_size if group_size < bk else 1  # scale rows per step
     steps_per_group = max(1, group_size // bk)
     asym = zero is not None
-    load_tile = _wgmma_tile_loader(bn, bk) if shuffled else None
 
     x_tr = (plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
     w_swz = bk // 2  # bytes per int4 row of the tile: 64 or 128
@@ -260,34 +216,10 @@ def w4a16_matmul_mosaic(x: jax.Array, qvalue: jax.Array, scale: jax.Array, zero:
                 acc = acc + part * s_smem[j, :].astype(jnp.float32)[:, None]
             return acc
 
-        def step_shuffled(_, x_smem, w_smem, s_smem, *zc):
-            # the tile arrives as 136 + q in wgmma registers (no shuffles); a second wgmma
-            # with a constant A of -136 (minus the zero point) removes the bias exactly
-            *z, acc = zc
-            w = load_tile(w_smem)
-            ge = bk // gpb
-            for j in range(gpb):
-                wj = w if gpb == 1 else w[:, j * ge:(j + 1) * ge]
-                cj = jnp.full((bn, ge), -136.0, jnp.bfloat16)
-                if asym:
-                    cj = cj - z[0][j, :][:, None]
-                cj = plgpu.layout_cast(cj, plgpu.Layout.WGMMA)
-
-                def mma(r, wj=wj, cj=cj, j=j):
-                    plgpu.wgmma(r, wj, b_tile(x_smem, j))
-                    plgpu.wgmma(r, cj, b_tile(x_smem, j))
-
-                part = pl.run_state(mma)(plgpu.ACC.init(jnp.zeros((bn, bm), jnp.float32)))
-                acc = acc + part * s_smem[j, :].astype(jnp.float32)[:, None]
-            return acc
-
         srow = lambda k: ((k0 + k) // steps_per_group, n)
-        w_spec = (plgpu.BlockSpec((bn // 64, bk // 128, 4, 256), lambda k: (n, k0 + k, 0, 0))
-                  if shuffled else
-                  plgpu.BlockSpec((bn, bk), lambda k: (n, k0 + k), transforms=w_tr))
         in_specs = [
             plgpu.BlockSpec((bm, bk), lambda k: (m, k0 + k), transforms=x_tr),
-            w_spec,
+            plgpu.BlockSpec((bn, bk), lambda k: (n, k0 + k), transforms=w_tr),
             plgpu.BlockSpec((gpb, bn), srow),
         ]
         args = [x_gmem, w_gmem, s_gmem]
@@ -295,10 +227,9 @@ def w4a16_matmul_mosaic(x: jax.Array, qvalue: jax.Array, scale: jax.Array, zero:
             in_specs.append(plgpu.BlockSpec((gpb, bn), srow))
             args.append(z_gmem)
         stages = min(cfg.stages, ksteps)
-        if shuffled or cfg.scale_mode == "epilogue":
+        if cfg.scale_mode == "epilogue":
             init = plgpu.layout_cast(jnp.zeros((bn, bm), jnp.float32), plgpu.Layout.WGMMA)
-            step = step_shuffled if shuffled else step_epilogue
-            acc = plgpu.emit_pipeline(step, grid=(ksteps,), in_specs=in_specs,
+            acc = plgpu.emit_pipeline(step_epilogue, grid=(ksteps,), in_specs=in_specs,
                                       max_concurrent_steps=stages, init_carry=init)(*args)
         else:
             def compute(acc_ref):
