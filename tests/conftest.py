@@ -32,7 +32,7 @@ def full_f32_matmuls(request):
     """Tests under tests/models and tests/methods compare f32 math with float64 references at
     CPU tolerances; GPUs default f32 dots to TF32 (~1e-3 relative), so run those at full f32."""
     if request.node.path.parent.name in FULL_F32_DIRS:
-        import jax
+        import jax  # here, not at the top: the environment above must be set before jax loads
 
         with jax.default_matmul_precision("float32"):
             yield

@@ -24,7 +24,7 @@ from jaxquant.kernels.w4a16.mosaic_gpu import MosaicConfig, default_config, fit_
 KS = (1024, 2048, 4096, 8192, 16384, 32768)
 
 
-def fit(bytes_: list[float], us: list[float]) -> dict:
+def fit(bytes_: tuple[float, ...], us: tuple[float, ...]) -> dict:
     """Least squares us = a + bytes / rate -> a (us), rate (TB/s)."""
     b, a = np.polyfit(np.asarray(bytes_), np.asarray(us), 1)
     return dict(fixed_us=float(a), rate_TBps=float(1e-6 / b))  # bytes/us / 1e6 = TB/s
@@ -39,7 +39,7 @@ def main(argv=None):
     root = os.environ.get("OUT") or os.path.join(os.path.dirname(__file__), "results")
     rows = [dict(kind="meta", device=dev.device_kind, jax=jax.__version__,
                  date=datetime.date.today().isoformat(), N=N, M=M)]
-    series: dict[str, tuple[list[float], list[float]]] = {}
+    series: dict[str, list[tuple[float, float]]] = {}  # name -> [(bytes, us)]
     for K in KS:
         ss = bench.ShapeSet(K, N, g, layout="nk")
         x = jax.random.normal(jax.random.key(0), (M, K), jnp.bfloat16)
@@ -58,17 +58,15 @@ def main(argv=None):
             dev_us, _ = H.device_time(fn, x, ss.ws)
             rows.append(dict(kind=name, M=M, K=K, N=N, group=g, cfg=cfg.to_dict(), dev_us=dev_us,
                              bytes=wbytes, max_rel_err=err))
-            series.setdefault(name, ([], []))[0].append(wbytes)
-            series[name][1].append(dev_us)
+            series.setdefault(name, []).append((wbytes, dev_us))
             print(name, K, round(dev_us, 2), cfg.split_k, f"{err:.1e}", flush=True)
         dot = lambda x, w: jnp.dot(x, w, preferred_element_type=jnp.float32).astype(jnp.bfloat16)
         dev_us, _ = H.device_time(dot, x, ss.wb)
         rows.append(dict(kind="xla bf16", M=M, K=K, N=N, dev_us=dev_us, bytes=K * N * 2))
-        series.setdefault("xla bf16", ([], []))[0].append(K * N * 2)
-        series["xla bf16"][1].append(dev_us)
+        series.setdefault("xla bf16", []).append((K * N * 2, dev_us))
         print("xla bf16", K, round(dev_us, 2), flush=True)
-    fits = {name: fit(*xy) for name, xy in series.items()}
-    rows.append(dict(kind="fit", **{k: v for k, v in fits.items()}))
+    fits = {name: fit(*zip(*pts)) for name, pts in series.items()}
+    rows.append(dict(kind="fit", **fits))
     print(fits, flush=True)
     H.write_json(os.path.join(root, "fixed-cost.json"), rows)
 

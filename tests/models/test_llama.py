@@ -13,9 +13,7 @@ from jaxquant.errors import JaxquantError
 from jaxquant.models import kv_cache
 from jaxquant.models.llama import Llama, LlamaConfig
 
-REL_TOL = 1e-3  # relative Frobenius error, f32 JAX vs f64 NumPy
-# Full f32 matmuls: on GPUs the default precision may use TF32 (~1e-3 relative error alone).
-F32_MATMULS = "highest"
+REL_TOL = 1e-3  # relative Frobenius error, f32 JAX vs f64 NumPy (full f32 matmuls: conftest.py)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -98,8 +96,7 @@ def test_tiny_matches_numpy(name):
     cfg = TINY[name]
     module, params = tiny_model(cfg)
     tokens = np.array([[3, 50, 7, 96, 0, 12, 12, 41, 8, 77, 5]], np.int32)
-    with jax.default_matmul_precision(F32_MATMULS):
-        logits, cache = jax.jit(module.apply)(params, tokens)
+    logits, cache = jax.jit(module.apply)(params, tokens)
     assert cache is None and logits.dtype == jnp.float32 and logits.shape == (1, 11, cfg.vocab_size)
     assert rel_err(logits[0], np_forward(params, cfg, tokens[0])) < REL_TOL
 
@@ -177,8 +174,7 @@ def test_bf16_compute_close_to_f32():
 def test_smollm2_matches_numpy(smollm2):
     m = smollm2
     ids = m.tokenizer.encode("Emma Woodhouse, handsome, clever, and rich, with a comfortable")
-    with jax.default_matmul_precision(F32_MATMULS):
-        logits, _ = jax.jit(m.module.apply)(m.params, jnp.asarray([ids], jnp.int32))
+    logits, _ = jax.jit(m.module.apply)(m.params, jnp.asarray([ids], jnp.int32))
     ref = np_forward(m.params, m.config, np.asarray(ids))
     err = rel_err(logits[0], ref)
     print(f"SmolLM2-135M, {len(ids)} tokens: relative error vs float64 NumPy {err:.2e}")
