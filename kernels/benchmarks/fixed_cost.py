@@ -19,7 +19,8 @@ import numpy as np
 
 from jaxquant.kernels.benchmarks import harness as H
 from jaxquant.kernels.w4a16 import bench
-from jaxquant.kernels.w4a16.mosaic_gpu import MosaicConfig, default_config, fit_split, w4a16_matmul_mosaic
+from jaxquant.kernels.w4a16.mosaic_gpu import (
+    MosaicConfig, default_config, fit_split, supported, w4a16_matmul_mosaic)
 
 KS = (1024, 2048, 4096, 8192, 16384, 32768)
 
@@ -35,6 +36,8 @@ def main(argv=None):
     p.add_argument("--n", type=int, default=8192)
     args = p.parse_args(argv)
     N, g, M = args.n, 128, 1
+    if (why := supported(M, KS[-1], N, g)) is not None:
+        p.error(f"--n {N}: {why}; use a multiple of 64")
     dev = jax.devices()[0]
     root = os.environ.get("OUT") or os.path.join(os.path.dirname(__file__), "results")
     rows = [dict(kind="meta", device=dev.device_kind, jax=jax.__version__,
